@@ -1,0 +1,247 @@
+"""Conv2D and Dense layers whose kernel is a product of two trainable factors (paper III-B).
+
+One class per layer kind; the parameterization is an argument:
+
+- ``hadamard`` (FReP):    kernel = A * B * mask, A and B of the kernel's shape (paper Eq. 4).
+- ``channel``  (FReP-CH): kernel = (B contracted with `mix` over the output-channel axis) * mask,
+  `mix` is D x D with D the number of output channels (paper Eq. 9).
+- ``plain`` ("Ori", and the shape a deployed model has): kernel = W * mask.
+
+The mask always has the kernel's shape, so unstructured and channel pruning both work with every
+parameterization (paper Table IV prunes FReP and FReP-CH both ways). It is a non-trainable variable of
+the layer, so it is saved, restored and mirrored like any weight. Bias is never factored or masked.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+PARAMETERIZATIONS = ("hadamard", "channel", "plain")
+FACTOR_INITS = ("random", "equal", "ones")
+PADDINGS = ("same", "valid")
+
+
+def check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"Unknown {name}: {value!r}. Allowed: {', '.join(map(str, allowed))}. Received: {name}={value!r}"
+        )
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+
+
+def _pair(name: str, value) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"`{name}` must be an int or a pair of ints. Received: {name}={value!r}")
+    for v in pair:
+        _check_positive_int(name, v)
+    return pair
+
+
+class _FactoredKernelLayer(keras.layers.Layer):
+    """Holds the factors and the mask of one kernel; subclasses say how the kernel is applied."""
+
+    def __init__(
+        self,
+        parameterization: str = "hadamard",
+        factor_init: str = "random",
+        use_bias: bool = True,
+        kernel_initializer="he_normal",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+        check_choice("factor_init", factor_init, FACTOR_INITS)
+        self.parameterization = parameterization
+        self.factor_init = factor_init
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    # -- weights -------------------------------------------------------------------------------
+    def _fresh_kernel_initializer(self):
+        # Each factor needs its own draw: a shared seeded initializer would make A == B.
+        config = keras.initializers.serialize(self.kernel_initializer)
+        init = keras.initializers.deserialize(config)
+        if hasattr(init, "seed") and getattr(init, "seed", None) is not None:
+            init.seed = None
+        return init
+
+    def _build_kernel(self, kernel_shape: tuple[int, ...]) -> None:
+        out_dim = kernel_shape[-1]
+        p, how = self.parameterization, self.factor_init
+        if p == "plain":
+            self.kernel = self.add_weight(
+                name="kernel", shape=kernel_shape, initializer=self._fresh_kernel_initializer()
+            )
+        elif p == "hadamard":
+            self.factor_a = self.add_weight(
+                name="factor_a", shape=kernel_shape, initializer=self._fresh_kernel_initializer()
+            )
+            if how == "random":
+                b_init = self._fresh_kernel_initializer()
+            elif how == "equal":
+                a = self.factor_a
+                b_init = lambda shape, dtype=None: ops.abs(ops.convert_to_tensor(a))  # noqa: E731
+            else:  # ones
+                b_init = "ones"
+            self.factor_b = self.add_weight(name="factor_b", shape=kernel_shape, initializer=b_init)
+        else:  # channel
+            self.factor_b = self.add_weight(
+                name="factor_b", shape=kernel_shape, initializer=self._fresh_kernel_initializer()
+            )
+            # `random` draws the D x D mixing matrix like the kernel of a D -> D dense layer;
+            # `equal` and `ones` start from the identity, i.e. the fused kernel starts equal to B.
+            mix_init = self._fresh_kernel_initializer() if how == "random" else "identity"
+            self.mix = self.add_weight(name="mix", shape=(out_dim, out_dim), initializer=mix_init)
+        self.mask = self.add_weight(
+            name="mask", shape=kernel_shape, initializer="ones", trainable=False
+        )
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(out_dim,), initializer=self.bias_initializer)
+        else:
+            self.bias = None
+
+    def fused_kernel(self):
+        """The kernel the layer applies: what a plain Conv2D/Dense would hold after fusion."""
+        p = self.parameterization
+        if p == "plain":
+            w = self.kernel
+        elif p == "hadamard":
+            w = self.factor_a * self.factor_b
+        else:
+            w = ops.tensordot(self.factor_b, self.mix, axes=[[len(self.mask.shape) - 1], [0]])
+        return ops.cast(w * self.mask, self.compute_dtype)
+
+    def prunable_weights(self) -> list:
+        """The trainable variables that make up the (prunable) kernel; bias is excluded."""
+        p = self.parameterization
+        if p == "plain":
+            return [self.kernel]
+        if p == "hadamard":
+            return [self.factor_a, self.factor_b]
+        return [self.mix, self.factor_b]
+
+    def project_factors(self) -> None:
+        """Zero the factor entries under a pruned mask position (hadamard and plain).
+
+        The fused kernel is exactly zero there anyway (the mask multiplies it); zeroing the factors
+        as well stops weight decay and momentum from moving dead entries, so pruned weights are never
+        updated. FReP-CH mixes output channels, so its factors cannot be masked entry-wise.
+        """
+        if self.parameterization == "channel":
+            return
+        for v in self.prunable_weights():
+            v.assign(v * ops.cast(self.mask, v.dtype))
+
+    def _add_bias(self, y):
+        if self.bias is not None:
+            y = y + ops.cast(self.bias, y.dtype)
+        return y
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            parameterization=self.parameterization,
+            factor_init=self.factor_init,
+            use_bias=self.use_bias,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="frep_tf")
+class ReparamConv2D(_FactoredKernelLayer):
+    """A 2-D convolution (NHWC) with a factored, masked kernel of shape (kh, kw, in, filters)."""
+
+    def __init__(self, filters: int, kernel_size=3, strides=1, padding: str = "same", **kwargs):
+        super().__init__(**kwargs)
+        _check_positive_int("filters", filters)
+        self.filters = filters
+        self.kernel_size = _pair("kernel_size", kernel_size)
+        self.strides = _pair("strides", strides)
+        check_choice("padding", padding, PADDINGS)
+        self.padding = padding
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        if in_channels is None:
+            raise ValueError(f"The channel dimension of the inputs must be known. Received: input_shape={input_shape}")
+        self._build_kernel((*self.kernel_size, int(in_channels), self.filters))
+
+    def call(self, inputs):
+        y = ops.conv(inputs, self.fused_kernel(), strides=self.strides, padding=self.padding)
+        return self._add_bias(y)
+
+    def compute_output_shape(self, input_shape):
+        def out(size, k, s):
+            if size is None:
+                return None
+            return -(-size // s) if self.padding == "same" else (size - k) // s + 1
+
+        n, h, w, _ = input_shape
+        return (
+            n,
+            out(h, self.kernel_size[0], self.strides[0]),
+            out(w, self.kernel_size[1], self.strides[1]),
+            self.filters,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="frep_tf")
+class ReparamDense(_FactoredKernelLayer):
+    """A dense layer with a factored, masked kernel of shape (in, units)."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        _check_positive_int("units", units)
+        self.units = units
+
+    def build(self, input_shape):
+        in_dim = input_shape[-1]
+        if in_dim is None:
+            raise ValueError(f"The last dimension of the inputs must be known. Received: input_shape={input_shape}")
+        self._build_kernel((int(in_dim), self.units))
+
+    def call(self, inputs):
+        return self._add_bias(ops.matmul(inputs, self.fused_kernel()))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units)
+        return config
+
+
+REPARAM_LAYERS = (ReparamConv2D, ReparamDense)
+
+
+def reparam_layers(model) -> list:
+    """All reparameterized layers of a model, in graph order."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, REPARAM_LAYERS):
+            found.append(layer)
+        elif hasattr(layer, "layers"):  # a nested model
+            found.extend(reparam_layers(layer))
+    return found
