@@ -100,9 +100,7 @@ class _FactoredKernelLayer(keras.layers.Layer):
             # `equal` and `ones` start from the identity, i.e. the fused kernel starts equal to B.
             mix_init = self._fresh_kernel_initializer() if how == "random" else "identity"
             self.mix = self.add_weight(name="mix", shape=(out_dim, out_dim), initializer=mix_init)
-        self.mask = self.add_weight(
-            name="mask", shape=kernel_shape, initializer="ones", trainable=False
-        )
+        self.mask = self.add_weight(name="mask", shape=kernel_shape, initializer="ones", trainable=False)
         if self.use_bias:
             self.bias = self.add_weight(name="bias", shape=(out_dim,), initializer=self.bias_initializer)
         else:

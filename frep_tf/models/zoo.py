@@ -76,7 +76,7 @@ def _resnet(x, f, num_classes, width, arch):
     block = _basic_block if kind == "basic" else _bottleneck_block
     x = f.conv(_ch(width, 64), 3, 1, name="stem_conv")(x)
     x = _relu("stem_relu")(_bn("stem_bn")(x))
-    for stage, (depth, filters) in enumerate(zip(depths, (64, 128, 256, 512)), start=1):
+    for stage, (depth, filters) in enumerate(zip(depths, (64, 128, 256, 512), strict=True), start=1):
         for i in range(depth):
             stride = 2 if (stage > 1 and i == 0) else 1
             x = block(x, f, _ch(width, filters), stride, name=f"stage{stage}_block{i + 1}")

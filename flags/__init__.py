@@ -1,0 +1,26 @@
+"""absl flag definitions, grouped by concern; only main.py (and tests through `define_all`) use them.
+
+Each module's `define_flags(flag_values)` defines its group from the config dataclasses, so a flag's
+name, default and help live once, in frep_tf/config.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags as absl_flags
+
+from flags import attack, data, model, prune, run, train
+from frep_tf.config import SECTIONS, Config
+
+GROUPS = (data, model, train, prune, attack, run)
+
+
+def define_all(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
+    for group in GROUPS:
+        group.define_flags(flag_values)
+
+
+def config_from_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> Config:
+    names = [f.name for klass in SECTIONS.values() for f in dataclasses.fields(klass)]
+    return Config.from_flat({name: flag_values[name].value for name in names})

@@ -1,0 +1,10 @@
+"""Flags: Dataset, input pipeline."""
+
+from absl import flags as absl_flags
+
+from flags._define import define_section
+from frep_tf.config import DataConfig
+
+
+def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
+    define_section(DataConfig, flag_values)

@@ -1,0 +1,10 @@
+"""Flags: Global pruning."""
+
+from absl import flags as absl_flags
+
+from flags._define import define_section
+from frep_tf.config import PruneConfig
+
+
+def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
+    define_section(PruneConfig, flag_values)

@@ -1,0 +1,257 @@
+"""Frozen configuration dataclasses: the one place where defaults live, and their validation.
+
+Defaults marked (paper) come from the FReP paper (IV-A); the rest are our choices, explained inline.
+`flags/` derives every absl flag (name, default, help) from these fields, so defaults are never
+declared twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+OBJECTIVES = ("sre", "fgsm", "pgd", "trades", "mart", "natural")
+PARAMETERIZATIONS = ("hadamard", "channel", "plain")
+FACTOR_INITS = ("random", "equal", "ones")
+ARCHITECTURES = ("vgg16", "resnet18", "resnet34", "resnet50", "wrn28_10", "wrn28_4", "small_cnn")
+PRUNE_SCHEDULES = ("oneshot", "gradual")
+ATTACK_BN_MODES = ("train", "eval")
+EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_sparse", "tflite_int8")
+EVAL_ATTACKS = ("clean", "fgsm", "pgd", "mim", "apgd_ce", "autoattack", "square")
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
+MODES = ("train", "evaluate")
+
+
+class ConfigError(ValueError):
+    """A flag value or combination that is not allowed; the message is one line naming the flag."""
+
+
+def _f(default, help: str, **meta):
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _f(
+        "cifar10", "digits | synthetic | cifar10 | cifar100 | svhn | tiny_imagenet | folder:PATH | npz:PATH"
+    )
+    data_dir: str = _f("", "tfds data directory (prepared datasets, manual downloads); empty = tfds default")
+    batch_size: int = _f(128, "training batch size (global, over all replicas) (paper)")
+    eval_batch_size: int = _f(256, "batch size for validation and evaluation attacks")
+    val_size: float = _f(0.02, "training examples carved out for validation: a fraction in (0, 1) or a count >= 1")
+    augment: bool = _f(True, "dataset-standard augmentation (crop+flip for CIFAR/Tiny-ImageNet, crop for SVHN)")
+    image_size: int = _f(0, "resize user images to this size (folder: datasets); 0 = keep")
+    svhn_extra: bool = _f(False, "add SVHN's extra split to its training data")
+    download: bool = _f(False, "let tfds download missing datasets (needs a network)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    arch: str = _f("resnet18", "architecture", choices=ARCHITECTURES)
+    parameterization: str = _f(
+        "hadamard", "hadamard (FReP) | channel (FReP-CH) | plain (Ori)", choices=PARAMETERIZATIONS
+    )
+    factor_init: str = _f("random", "factor initialisation (paper Table VIII)", choices=FACTOR_INITS)
+    width: float = _f(1.0, "channel-count multiplier (1.0 = the published architecture)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    objective: str = _f("sre", "training objective", choices=OBJECTIVES)
+    epsilon: float = _f(8 / 255, "L-inf perturbation radius on [0, 1] pixels (paper: 8/255)")
+    step_size: float = _f(0.0, "single-step attack step size; 0 = epsilon (paper Eq. 12)")
+    sre_lambda: float = _f(4.0, "weight of the SRE consistency term (paper Eq. 16)")
+    pgd_steps: int = _f(10, "attack steps for the pgd / trades / mart objectives")
+    pgd_step_size: float = _f(2 / 255, "step size of those multi-step attacks")
+    trades_beta: float = _f(6.0, "TRADES / MART regularisation weight")
+    attack_bn: str = _f("train", "BatchNorm mode while the training perturbation is computed", choices=ATTACK_BN_MODES)
+    epochs: int = _f(100, "training epochs (paper: 100)")
+    lr: float = _f(0.1, "initial learning rate, divided by 10 at 70 % and 85 % of training (paper)")
+    momentum: float = _f(0.9, "SGD momentum (paper)")
+    weight_decay: float = _f(2e-4, "L2 weight decay on every trainable factor, PyTorch-style (paper)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleConfig:
+    ensemble: bool = _f(True, "keep the temporal ensemble and evaluate/export it (paper Eq. 13)")
+    ensemble_decay: float = _f(0.99, "tau0, the largest EMA decay")
+    ensemble_warmup: float = _f(10.0, "c in tau = min(tau0, i / (i + c)), i = ensemble updates so far")
+    ensemble_interval: int = _f(100, "optimizer steps between ensemble updates; x10 at each lr decay (paper)")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    sparsity: float = _f(0.99, "fraction of prunable weights (or of channels with --structured) removed")
+    structured: bool = _f(False, "prune whole output channels (ranked globally by L2 norm, paper Eq. 17)")
+    prune_epoch: int = _f(30, "epoch at which one-shot pruning happens (paper: 30 of 100)")
+    prune_schedule: str = _f("oneshot", "oneshot (paper) | gradual (TF-MOT polynomial)", choices=PRUNE_SCHEDULES)
+    prune_end_epoch: int = _f(0, "gradual schedule: epoch where the target sparsity is reached; 0 = halfway to the end")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    eval_attacks: str = _f("clean,fgsm,pgd", "comma-separated attacks for the final evaluation")
+    eval_pgd_steps: int = _f(50, "PGD / MIM steps of the final evaluation (paper: 50)")
+    eval_samples: int = _f(0, "test examples attacked; 0 = the full test split")
+    val_pgd_steps: int = _f(10, "PGD steps of the per-epoch validation robustness (TensorBoard)")
+    val_samples: int = _f(512, "validation examples attacked each epoch")
+    model: str = _f("", "--mode=evaluate: path of a .keras file or SavedModel directory")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    mode: str = _f("train", "train | evaluate", choices=MODES)
+    workdir: str = _f("runs/default", "output directory (config.json, tb/, export/, results.json)")
+    seed: int = _f(0, "random seed (weights, data order, perturbations)")
+    export: str = _f("keras,saved_model,tflite,tflite_sparse", "comma-separated export formats")
+    deterministic: bool = _f(False, "TF op determinism: identical results on the same machine, slower")
+    distribution: str = _f("none", "tf.distribute strategy", choices=DISTRIBUTIONS)
+    jit_compile: bool = _f(False, "XLA for the train step (measured slower on CPU; try it on GPU)")
+    verbose: int = _f(-1, "Keras progress output: -1 auto (bar on a terminal, a line per epoch otherwise), 0, 1, 2")
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "ensemble": EnsembleConfig,
+    "prune": PruneConfig,
+    "eval": EvalConfig,
+    "run": RunConfig,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    prune: PruneConfig = PruneConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> Config:
+        """Build from flat {field: value} (as flags give them); unknown keys are refused."""
+        known = {f.name: section for section, klass in SECTIONS.items() for f in dataclasses.fields(klass)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        parts = {section: {} for section in SECTIONS}
+        for key, value in values.items():
+            parts[known[key]][key] = value
+        return cls(**{section: SECTIONS[section](**kw) for section, kw in parts.items()})
+
+    def flat(self) -> dict[str, Any]:
+        return {k: v for section in self.to_dict().values() for k, v in section.items()}
+
+    @property
+    def step_size(self) -> float:
+        return self.train.step_size or self.train.epsilon
+
+    @property
+    def export_formats(self) -> tuple[str, ...]:
+        return _csv(self.run.export)
+
+    @property
+    def attacks(self) -> tuple[str, ...]:
+        return _csv(self.eval.eval_attacks)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _bad(flag: str, value, allowed: str) -> ConfigError:
+    return ConfigError(f"--{flag}={value}: {allowed}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every value and combination before any heavy work; raise ConfigError naming the flag."""
+    for section in SECTIONS:
+        obj = getattr(cfg, section)
+        for field in dataclasses.fields(obj):
+            choices = field.metadata.get("choices")
+            value = getattr(obj, field.name)
+            if choices and value not in choices:
+                raise _bad(field.name, value, f"allowed values are {', '.join(choices)}")
+            expected = type(field.default)
+            ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
+            if not ok or (expected is not bool and isinstance(value, bool)):
+                raise _bad(field.name, value, f"must be of type {expected.__name__}")
+    d, t, e, p, ev, r = cfg.data, cfg.train, cfg.ensemble, cfg.prune, cfg.eval, cfg.run
+    if not d.dataset.strip():
+        raise _bad("dataset", "''", "name a dataset (digits, synthetic, cifar10, ...)")
+    for flag, value in [("batch_size", d.batch_size), ("eval_batch_size", d.eval_batch_size), ("epochs", t.epochs)]:
+        if value < 1:
+            raise _bad(flag, value, "must be a positive integer")
+    if not (0 <= d.val_size < 1 or (d.val_size >= 1 and float(d.val_size).is_integer())):
+        raise _bad("val_size", d.val_size, "a fraction in [0, 1) or a whole count >= 1")
+    if d.image_size < 0:
+        raise _bad("image_size", d.image_size, "must be >= 0 (0 keeps the images' own size)")
+    if cfg.model.width <= 0:
+        raise _bad("width", cfg.model.width, "must be a positive number")
+    if not 0 <= t.epsilon <= 1:
+        raise _bad("epsilon", t.epsilon, "must lie in [0, 1] (pixels are in [0, 1]; 8/255 = 0.0314 is usual)")
+    if t.objective != "natural" and t.epsilon == 0:
+        raise _bad("epsilon", t.epsilon, f"must be > 0 for --objective={t.objective} (or use --objective=natural)")
+    if not 0 <= t.step_size <= 1:
+        raise _bad("step_size", t.step_size, "must lie in [0, 1]; 0 means epsilon")
+    if t.sre_lambda < 0:
+        raise _bad("sre_lambda", t.sre_lambda, "must be >= 0")
+    if t.pgd_steps < 1:
+        raise _bad("pgd_steps", t.pgd_steps, "must be a positive integer")
+    if not 0 < t.pgd_step_size <= 1:
+        raise _bad("pgd_step_size", t.pgd_step_size, "must lie in (0, 1]")
+    if t.trades_beta < 0:
+        raise _bad("trades_beta", t.trades_beta, "must be >= 0")
+    if not t.lr > 0:
+        raise _bad("lr", t.lr, "must be > 0")
+    if not 0 <= t.momentum < 1:
+        raise _bad("momentum", t.momentum, "must lie in [0, 1)")
+    if t.weight_decay < 0:
+        raise _bad("weight_decay", t.weight_decay, "must be >= 0")
+    if not 0 <= e.ensemble_decay < 1:
+        raise _bad("ensemble_decay", e.ensemble_decay, "must lie in [0, 1)")
+    if e.ensemble_warmup < 0:
+        raise _bad("ensemble_warmup", e.ensemble_warmup, "must be >= 0")
+    if e.ensemble_interval < 1:
+        raise _bad("ensemble_interval", e.ensemble_interval, "must be a positive integer")
+    if not 0 <= p.sparsity < 1:
+        raise _bad("sparsity", p.sparsity, "must lie in [0, 1) (0.99 removes 99 % of the weights)")
+    if p.sparsity > 0:
+        if not 0 <= p.prune_epoch < t.epochs:
+            raise _bad("prune_epoch", p.prune_epoch, f"must lie in [0, --epochs={t.epochs})")
+        if p.prune_schedule == "gradual":
+            end = p.prune_end_epoch or (p.prune_epoch + t.epochs) // 2
+            if not p.prune_epoch < end <= t.epochs:
+                raise _bad("prune_end_epoch", p.prune_end_epoch, f"must lie in ({p.prune_epoch}, {t.epochs}]")
+    for flag, value in [("eval_pgd_steps", ev.eval_pgd_steps), ("val_pgd_steps", ev.val_pgd_steps)]:
+        if value < 1:
+            raise _bad(flag, value, "must be a positive integer")
+    for flag, value in [("eval_samples", ev.eval_samples), ("val_samples", ev.val_samples)]:
+        if value < 0:
+            raise _bad(flag, value, "must be >= 0 (0 = all)")
+    attacks = cfg.attacks
+    if not attacks or any(a not in EVAL_ATTACKS for a in attacks):
+        raise _bad("eval_attacks", ev.eval_attacks, f"a comma-separated subset of {', '.join(EVAL_ATTACKS)}")
+    formats = cfg.export_formats
+    if any(f not in EXPORT_FORMATS for f in formats):
+        raise _bad("export", r.export, f"a comma-separated subset of {', '.join(EXPORT_FORMATS)} (or empty)")
+    if r.mode == "evaluate" and not ev.model:
+        raise _bad("model", "''", "--mode=evaluate needs --model=PATH (a .keras file or SavedModel directory)")
+    if r.mode == "train" and not r.workdir.strip():
+        raise _bad("workdir", "''", "name an output directory")
+    if r.verbose not in (-1, 0, 1, 2):
+        raise _bad("verbose", r.verbose, "allowed values are -1, 0, 1, 2")
+    if r.seed < 0:
+        raise _bad("seed", r.seed, "must be >= 0")
+    return cfg

@@ -1,0 +1,371 @@
+"""The stages `python main.py` runs: data -> build -> train (prune, ensemble) -> fuse/export -> evaluate.
+
+    cfg = validate(Config(...)); results = run(cfg)
+
+Outputs under `cfg.run.workdir`: config.json (resolved), tb/ (TensorBoard), export/ (the fused
+ensemble in every requested format), results.json (schema in README.md). The library never reads
+absl flags; main.py turns them into a Config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+
+import numpy as np
+
+from frep_tf.config import Config, ConfigError, validate
+from frep_tf.io_utils import write_json_atomic
+
+RESULTS_SCHEMA_VERSION = 1
+
+
+class Stages:
+    """Wall time per stage, printed as the stages start."""
+
+    def __init__(self, quiet: bool = False):
+        self.seconds: dict[str, float] = {}
+        self.quiet = quiet
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if not self.quiet:
+            print(f"[frep_tf] {name} ...", flush=True)
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - t, 3)
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self._start, 3)
+
+
+def _setup_tf(cfg: Config):
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(cfg.run.seed)
+    if cfg.run.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if cfg.run.distribution == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if cfg.run.distribution == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def load_data(cfg: Config):
+    from frep_tf import data
+
+    d = cfg.data
+    return data.load_dataset(
+        d.dataset,
+        data_dir=d.data_dir or None,
+        batch_size=d.batch_size,
+        eval_batch_size=d.eval_batch_size,
+        val_size=int(d.val_size) if d.val_size >= 1 else d.val_size,
+        seed=cfg.run.seed,
+        augment=d.augment,
+        image_size=d.image_size or None,
+        svhn_extra=d.svhn_extra,
+        deterministic=cfg.run.deterministic,
+        download=d.download,
+    )
+
+
+def _arrays(dataset, limit: int = 0):
+    """Concatenate a batched (x, y) dataset into numpy arrays (up to `limit` examples, 0 = all)."""
+    xs, ys, n = [], [], 0
+    if dataset is None:
+        return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
+    for x, y in dataset:
+        xs.append(np.asarray(x))
+        ys.append(np.asarray(y))
+        n += len(ys[-1])
+        if limit and n >= limit:
+            break
+    if not xs:
+        return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
+    x, y = np.concatenate(xs), np.concatenate(ys).astype(np.int32)
+    return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+def build_robust_model(cfg: Config, info, steps_per_epoch: int):
+    import keras
+
+    from frep_tf.models import build_model
+    from frep_tf.training.robust_model import RobustModel
+
+    m, t = cfg.model, cfg.train
+    network = build_model(
+        m.arch,
+        num_classes=info.num_classes,
+        input_shape=info.image_shape,
+        parameterization=m.parameterization,
+        factor_init=m.factor_init,
+        width=m.width,
+    )
+    model = RobustModel(
+        network,
+        objective=t.objective,
+        epsilon=t.epsilon,
+        step_size=cfg.step_size,
+        sre_lambda=t.sre_lambda,
+        pgd_steps=t.pgd_steps,
+        pgd_step_size=t.pgd_step_size,
+        trades_beta=t.trades_beta,
+        attack_bn=t.attack_bn,
+        weight_decay=t.weight_decay,
+        ensemble=cfg.ensemble.ensemble,
+        seed=cfg.run.seed,
+    )
+    decay_steps = lr_decay_steps(t.epochs, steps_per_epoch)
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(list(decay_steps), [t.lr, t.lr / 10, t.lr / 100])
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=schedule, momentum=t.momentum),
+        jit_compile=cfg.run.jit_compile,
+    )
+    return model, decay_steps
+
+
+def lr_decay_steps(epochs: int, steps_per_epoch: int) -> tuple[int, int]:
+    """The learning rate is divided by 10 at 70 % and 85 % of the epochs (paper: epochs 70 and 85)."""
+    return (round(0.7 * epochs) * steps_per_epoch, round(0.85 * epochs) * steps_per_epoch)
+
+
+def make_callbacks(cfg: Config, model, splits, decay_steps, steps_per_epoch, workdir):
+    import keras
+
+    from frep_tf.training.ensemble import TemporalEnsemble
+    from frep_tf.training.monitor import EpochMonitor
+    from frep_tf.training.pruning import GlobalPruning, make_schedule
+
+    callbacks = []
+    ensemble_cb = None
+    if cfg.ensemble.ensemble:
+        e = cfg.ensemble
+        ensemble_cb = TemporalEnsemble(
+            decay=e.ensemble_decay, warmup=e.ensemble_warmup, interval=e.ensemble_interval, decay_steps=decay_steps
+        )
+        callbacks.append(ensemble_cb)
+    p = cfg.prune
+    if p.sparsity > 0:
+        begin = p.prune_epoch * steps_per_epoch
+        end_epoch = p.prune_end_epoch or (p.prune_epoch + cfg.train.epochs) // 2
+        schedule = make_schedule(p.prune_schedule, p.sparsity, begin, end_epoch * steps_per_epoch, steps_per_epoch)
+        callbacks.append(GlobalPruning(schedule, structured=p.structured))
+    x_val, y_val = _arrays(splits.val, cfg.eval.val_samples)
+    tb_dir = os.path.join(workdir, "tb")
+    callbacks.append(
+        EpochMonitor(
+            x_val,
+            y_val,
+            epsilon=cfg.train.epsilon,
+            pgd_steps=cfg.eval.val_pgd_steps,
+            log_dir=os.path.join(tb_dir, "frep"),
+            ensemble_callback=ensemble_cb,
+            batch_size=cfg.data.eval_batch_size,
+            seed=cfg.run.seed,
+        )
+    )
+    callbacks.append(keras.callbacks.TensorBoard(log_dir=tb_dir, update_freq="epoch", write_graph=False))
+    return callbacks
+
+
+def _verbose(cfg: Config) -> int:
+    if cfg.run.verbose >= 0:
+        return cfg.run.verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
+def evaluate_classifier(model_fn, x, y, cfg: Config):
+    from frep_tf import evaluate
+
+    n = cfg.eval.eval_samples
+    if n:
+        x, y = x[:n], y[:n]
+    return evaluate.evaluate_model(
+        model_fn,
+        x,
+        y,
+        attacks=cfg.attacks,
+        epsilon=cfg.train.epsilon,
+        batch_size=cfg.data.eval_batch_size,
+        seed=cfg.run.seed,
+        pgd_steps=cfg.eval.eval_pgd_steps,
+        progress=_verbose(cfg) == 1,
+    )
+
+
+def run(cfg: Config) -> dict:
+    validate(cfg)
+    if cfg.run.mode == "evaluate":
+        return run_evaluate(cfg)
+    return run_train(cfg)
+
+
+def run_train(cfg: Config) -> dict:
+    from frep_tf import export as export_lib
+    from frep_tf.fuse import fuse
+    from frep_tf.model_io import load_classifier
+    from frep_tf.training.pruning import kernel_sparsity
+
+    workdir = cfg.run.workdir
+    os.makedirs(workdir, exist_ok=True)
+    write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
+    stages = Stages()
+    with stages("setup"):
+        strategy = _setup_tf(cfg)
+    with stages("data"):
+        splits = load_data(cfg)
+        info = splits.info
+        steps_per_epoch = info.num_train // cfg.data.batch_size
+        if steps_per_epoch < 1:
+            raise ConfigError(
+                f"--batch_size={cfg.data.batch_size}: larger than the {info.num_train} training examples of "
+                f"{info.name}; use a smaller batch"
+            )
+    with stages("build"), strategy.scope():
+        model, decay_steps = build_robust_model(cfg, info, steps_per_epoch)
+        callbacks = make_callbacks(cfg, model, splits, decay_steps, steps_per_epoch, workdir)
+    with stages("train"):
+        history = model.fit(
+            splits.train,
+            epochs=cfg.train.epochs,
+            validation_data=splits.val,
+            callbacks=callbacks,
+            verbose=_verbose(cfg),
+        )
+    final = model.ensemble if model.ensemble is not None else fuse(model.network)
+    x_test, y_test = _arrays(splits.test)
+    export_dir = os.path.join(workdir, "export")
+    records = []
+    with stages("export"):
+        if cfg.export_formats:
+            records = export_lib.export_model(final, export_dir, formats=cfg.export_formats, check_inputs=x_test[:64])
+    with stages("evaluate"):
+        # Robust accuracy is measured on the exported model, reloaded from disk.
+        evaluated = None
+        for fmt in ("keras", "saved_model"):
+            if fmt in cfg.export_formats:
+                evaluated = os.path.join(export_dir, export_lib.FILENAMES[fmt])
+                break
+        if evaluated is not None:
+            model_fn = load_classifier(evaluated, input_shape=info.image_shape, num_classes=info.num_classes)
+        else:
+            model_fn = lambda x: final(x, training=False)  # noqa: E731
+        evaluation = evaluate_classifier(model_fn, x_test, y_test, cfg)
+    sparsity = kernel_sparsity(final)
+    trainable_training = int(sum(np.prod(v.shape) for v in model.network.trainable_weights))
+    results = {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "mode": "train",
+        "dataset": _info_dict(info),
+        "model": {
+            "arch": cfg.model.arch,
+            "parameterization": cfg.model.parameterization,
+            "evaluated": "ensemble" if model.ensemble is not None else "network",
+            "evaluated_path": os.path.relpath(evaluated, workdir) if evaluated else None,
+        },
+        "params": {
+            "training_trainable": trainable_training,
+            "deployed": sparsity["all_params"],
+            "deployed_kernels": sparsity["kernel_params"],
+            "deployed_nonzero": sparsity["nonzero_params"],
+        },
+        "sparsity": {"kernels": sparsity["kernels"], "all_parameters": sparsity["all_parameters"]},
+        "evaluation": evaluation,
+        "exports": [
+            {
+                "format": r.format,
+                "path": os.path.relpath(r.path, workdir),
+                "bytes": r.bytes,
+                "max_abs_diff": r.max_abs_diff,
+                "seconds": round(r.seconds, 3),
+            }
+            for r in records
+        ],
+        "training": {
+            "epochs": cfg.train.epochs,
+            "steps": int(model.optimizer.iterations.numpy()),
+            "steps_per_epoch": steps_per_epoch,
+            "ensemble_updates": int(model.ensemble_updates.numpy()),
+            "final_epoch": {k: float(v[-1]) for k, v in history.history.items()},
+        },
+        "timings": stages.seconds | {"total": stages.total()},
+    }
+    write_json_atomic(os.path.join(workdir, "results.json"), results)
+    print(summary_table(results))
+    return results
+
+
+def run_evaluate(cfg: Config) -> dict:
+    from frep_tf.model_io import load_classifier
+
+    stages = Stages()
+    with stages("setup"):
+        _setup_tf(cfg)
+    with stages("data"):
+        splits = load_data(cfg)
+        info = splits.info
+        x_test, y_test = _arrays(splits.test)
+    with stages("load"):
+        model_fn = load_classifier(cfg.eval.model, input_shape=info.image_shape, num_classes=info.num_classes)
+    with stages("evaluate"):
+        evaluation = evaluate_classifier(model_fn, x_test, y_test, cfg)
+    results = {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "mode": "evaluate",
+        "dataset": _info_dict(info),
+        "model": {"evaluated_path": os.path.abspath(cfg.eval.model)},
+        "evaluation": evaluation,
+        "timings": stages.seconds | {"total": stages.total()},
+    }
+    if cfg.run.workdir:
+        write_json_atomic(os.path.join(cfg.run.workdir, "results.json"), results)
+    print(summary_table(results))
+    return results
+
+
+def _info_dict(info) -> dict:
+    return {
+        "name": info.name,
+        "image_shape": list(info.image_shape),
+        "num_classes": info.num_classes,
+        "num_train": info.num_train,
+        "num_val": info.num_val,
+        "num_test": info.num_test,
+        "augmentation": info.augmentation,
+    }
+
+
+def summary_table(results: dict) -> str:
+    """A short Markdown summary: accuracy per attack, sparsity, size, time."""
+    ev = results["evaluation"]
+    attacks = ev["attacks"]
+    accuracies = " | ".join(f"{100 * a['accuracy']:.1f}" for a in attacks.values())
+    lines = [
+        "",
+        f"| {' | '.join(name for name in attacks)} |",
+        f"|{'---:|' * len(attacks)}",
+        f"| {accuracies} |",
+        "",
+        f"accuracy (%) on {next(iter(attacks.values()))['samples']} test examples of {results['dataset']['name']}, "
+        f"epsilon {ev['epsilon']:.4g}; sanity checks: {'pass' if ev.get('sanity', {}).get('ok', True) else 'FAIL'}",
+    ]
+    if "sparsity" in results:
+        s = results["sparsity"]
+        p = results["params"]
+        lines.append(
+            f"sparsity: {100 * s['kernels']:.2f} % of kernel weights, {100 * s['all_parameters']:.2f} % of all "
+            f"parameters; {p['deployed_nonzero']:,} of {p['deployed']:,} parameters non-zero"
+        )
+    for e in results.get("exports", []):
+        lines.append(f"export: {e['path']} ({e['bytes']:,} bytes, max |diff| vs Keras {e['max_abs_diff']:.2g})")
+    t = results["timings"]
+    lines.append("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Training engine: RobustModel, temporal ensemble, global pruning."""

@@ -1,0 +1,56 @@
+"""Temporal ensemble (paper Eq. 13): an EMA of the fused weights, every `interval` optimizer steps.
+
+W_TE = tau * W_TE + (1 - tau) * W,  tau = min(tau0, i / (i + c)),  i = ensemble updates so far.
+The interval is multiplied by `growth` (10) at each learning-rate decay: late in training successive
+models are near-identical, and averaging them too often makes the ensemble collapse onto the current
+model (paper Fig. 5). All state is in model variables (`ensemble_updates`, the ensemble weights) or is a
+function of `optimizer.iterations`, so a restored checkpoint resumes the ensemble exactly.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def interval_at(step: int, base: int, decay_steps: tuple[int, ...], growth: int = 10) -> int:
+    """Ensemble interval at optimizer step `step`: base * growth ** (lr decays passed)."""
+    return base * growth ** sum(step >= b for b in decay_steps)
+
+
+def tau_at(updates: int, tau0: float, warmup: float) -> float:
+    return min(tau0, updates / (updates + warmup)) if updates + warmup > 0 else tau0
+
+
+class TemporalEnsemble(keras.callbacks.Callback):
+    def __init__(self, *, decay: float, warmup: float, interval: int, decay_steps=(), growth: int = 10):
+        super().__init__()
+        self.decay = decay
+        self.warmup = warmup
+        self.interval = interval
+        self.decay_steps = tuple(decay_steps)
+        self.growth = growth
+        self._update = None
+
+    def on_train_begin(self, logs=None):
+        pairs = self.model.ensemble_pairs()
+
+        @tf.function
+        def update(tau):
+            for var, source in pairs:
+                var.assign(tau * var + (1.0 - tau) * tf.cast(source(), var.dtype))
+
+        self._update = update
+
+    def current_interval(self) -> int:
+        return interval_at(int(self.model.optimizer.iterations.numpy()), self.interval, self.decay_steps, self.growth)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.model.ensemble is None:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % interval_at(step, self.interval, self.decay_steps, self.growth):
+            return
+        updates = int(self.model.ensemble_updates.numpy())
+        self._update(tf.constant(tau_at(updates, self.decay, self.warmup), tf.float32))
+        self.model.ensemble_updates.assign_add(1)

@@ -1,0 +1,134 @@
+"""Global magnitude pruning (paper III-D): how masks are computed, and the callback that applies them.
+
+Kept apart as in TF-MOT's sparsity package: the *schedule* (when, how much) is a TF-MOT schedule
+object; `global_unstructured_masks` / `global_channel_masks` (how) are pure numpy functions;
+`GlobalPruning` (driving it from fit) applies the masks to the network and the ensemble.
+TF-MOT's own Keras wrappers need Keras 2 and prune per layer, so the masks are ours (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+
+
+def global_unstructured_masks(kernels: list[np.ndarray], sparsity: float) -> list[np.ndarray]:
+    """Keep the top-k |w| over all kernels together, k = round((1 - sparsity) * total)."""
+    sizes = [k.size for k in kernels]
+    flat = np.abs(np.concatenate([k.ravel() for k in kernels]))
+    keep = int(round((1.0 - sparsity) * flat.size))
+    mask = np.zeros(flat.size, np.float32)
+    if keep > 0:
+        mask[np.argpartition(-flat, keep - 1)[:keep]] = 1.0
+    out, start = [], 0
+    for k, n in zip(kernels, sizes, strict=True):
+        out.append(mask[start : start + n].reshape(k.shape))
+        start += n
+    return out
+
+
+def global_channel_masks(kernels: list[np.ndarray], sparsity: float, frozen: list[bool]) -> list[np.ndarray]:
+    """Rank output channels of all layers globally by the L2 norm of their kernel (paper Eq. 17).
+
+    Keeps k = round((1 - sparsity) * channels) of the non-frozen layers' channels, and at least one
+    channel per layer so no layer is cut off. `frozen` layers (the classifier, whose output channels are
+    the classes) keep every channel.
+    """
+    norms = [np.sqrt(np.sum(np.square(k.reshape(-1, k.shape[-1])), axis=0)) for k in kernels]
+    candidates = [(n, i) for i, n in enumerate(norms) if not frozen[i]]
+    total = sum(len(n) for n, _ in candidates)
+    keep = int(round((1.0 - sparsity) * total))
+    keep_channels = [np.ones(len(n), bool) if frozen[i] else np.zeros(len(n), bool) for i, n in enumerate(norms)]
+    for n, i in candidates:
+        keep_channels[i][int(np.argmax(n))] = True  # at least one channel per layer
+    already = sum(int(keep_channels[i].sum()) for _, i in candidates)
+    if keep > already:
+        scores = np.concatenate([np.where(keep_channels[i], -np.inf, -n) for n, i in candidates])
+        owners = np.concatenate([np.full(len(n), i) for n, i in candidates])
+        index = np.concatenate([np.arange(len(n)) for n, _ in candidates])
+        chosen = np.argpartition(scores, keep - already - 1)[: keep - already]
+        for c in chosen:
+            keep_channels[owners[c]][index[c]] = True
+    return [
+        np.broadcast_to(kc.astype(np.float32), k.shape).copy() for kc, k in zip(keep_channels, kernels, strict=True)
+    ]
+
+
+def make_schedule(kind: str, sparsity: float, begin_step: int, end_step: int, frequency: int):
+    """A TF-MOT pruning schedule: ConstantSparsity (one-shot at begin_step) or PolynomialDecay."""
+    # Importing TF-MOT sets TF_USE_LEGACY_KERAS=1 in this process's environment (it routes tf.keras to
+    # Keras 2). We always use `import keras`, and restore the variable so subprocesses are unaffected.
+    previous = os.environ.get("TF_USE_LEGACY_KERAS")
+    from tensorflow_model_optimization.sparsity import keras as tfmot_sparsity
+
+    if previous is None:
+        os.environ.pop("TF_USE_LEGACY_KERAS", None)
+    else:
+        os.environ["TF_USE_LEGACY_KERAS"] = previous
+    if kind == "oneshot":
+        return tfmot_sparsity.ConstantSparsity(sparsity, begin_step=begin_step, end_step=begin_step, frequency=1)
+    return tfmot_sparsity.PolynomialDecay(
+        0.0, sparsity, begin_step=begin_step, end_step=end_step, frequency=max(1, frequency)
+    )
+
+
+def kernel_sparsity(model) -> dict[str, float]:
+    """Zeros in a standard-layer (fused or exported) model: over Conv2D/Dense kernels, and over all
+    trainable parameters (kernels, biases, BatchNorm scales and offsets)."""
+    zeros_kernel = total_kernel = zeros_all = total_all = 0
+    for layer in model.layers:
+        for w in layer.trainable_weights:
+            value = np.asarray(w)
+            zeros_all += int(np.sum(value == 0))
+            total_all += value.size
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            value = np.asarray(layer.kernel)
+            zeros_kernel += int(np.sum(value == 0))
+            total_kernel += value.size
+    return {
+        "kernels": zeros_kernel / max(total_kernel, 1),
+        "all_parameters": zeros_all / max(total_all, 1),
+        "kernel_params": total_kernel,
+        "all_params": total_all,
+        "nonzero_params": total_all - zeros_all,
+    }
+
+
+class GlobalPruning(keras.callbacks.Callback):
+    """Applies global masks when the schedule says so; masks reach the ensemble at once."""
+
+    def __init__(self, schedule, *, structured: bool = False):
+        super().__init__()
+        self.schedule = schedule
+        self.structured = structured
+        self.last_sparsity = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        should_prune, sparsity = self.schedule(step)
+        if bool(should_prune) and float(sparsity) > 0:
+            self.prune(float(sparsity))
+
+    def prune(self, sparsity: float) -> None:
+        model = self.model
+        layers = model.reparam
+        kernels = [np.asarray(layer.fused_kernel()) for layer in layers]
+        if self.structured:
+            # The classifier's output channels are the classes: never removed.
+            frozen = [i == len(layers) - 1 for i in range(len(layers))]
+            masks = global_channel_masks(kernels, sparsity, frozen)
+        else:
+            masks = global_unstructured_masks(kernels, sparsity)
+        ensemble_layers = {} if model.ensemble is None else {layer.name: layer for layer in model.ensemble.layers}
+        for layer, mask in zip(layers, masks, strict=True):
+            # Masks only ever shrink: an entry pruned before stays pruned.
+            mask = mask * np.asarray(layer.mask)
+            layer.mask.assign(mask)
+            layer.project_factors()
+            if layer.name in ensemble_layers:
+                ens = ensemble_layers[layer.name]
+                ens.kernel.assign(np.asarray(ens.kernel) * mask)
+        model.pruned.assign(True)
+        self.last_sparsity = sparsity

@@ -1,0 +1,221 @@
+"""RobustModel: a keras.Model whose train_step does FReP's single-step adversarial training (Alg. 1).
+
+`fit`, callbacks, metrics and tf.distribute work as for any Keras model. The model owns:
+- `network`: the reparameterized network being trained;
+- `ensemble`: the temporal ensemble (paper Eq. 13), held directly in fused form, i.e. a copy of the
+  network made of standard layers, non-trainable. It is what gets evaluated and exported, and since
+  it is a tracked sub-model, checkpoints carry it;
+- counters (`ensemble_updates`, `pruned`) as variables, so they survive a checkpoint too.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from frep_tf import losses
+from frep_tf.fuse import copy_fused_weights, deploy_structure
+from frep_tf.layers.reparam import reparam_layers
+
+
+def replica_mean(per_example):
+    """Mean over the global batch: local mean / replicas (gradients are summed across replicas)."""
+    ctx = tf.distribute.get_replica_context()
+    replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+    return tf.reduce_mean(per_example) / tf.cast(replicas, per_example.dtype)
+
+
+def _project(x_adv, x, eps):
+    return tf.clip_by_value(tf.clip_by_value(x_adv, x - eps, x + eps), 0.0, 1.0)
+
+
+@keras.saving.register_keras_serializable(package="frep_tf")
+class RobustModel(keras.Model):
+    def __init__(
+        self,
+        network: keras.Model,
+        *,
+        objective: str = "sre",
+        epsilon: float = 8 / 255,
+        step_size: float | None = None,
+        sre_lambda: float = 4.0,
+        pgd_steps: int = 10,
+        pgd_step_size: float = 2 / 255,
+        trades_beta: float = 6.0,
+        attack_bn: str = "train",
+        weight_decay: float = 0.0,
+        ensemble: bool = True,
+        seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.network = network
+        self.objective = objective
+        self.epsilon = float(epsilon)
+        self.step_size = float(step_size or epsilon)
+        self.sre_lambda = float(sre_lambda)
+        self.pgd_steps = int(pgd_steps)
+        self.pgd_step_size = float(pgd_step_size)
+        self.trades_beta = float(trades_beta)
+        self.attack_bn = attack_bn
+        self.weight_decay = float(weight_decay)
+        self.seed = int(seed)
+        self.reparam = reparam_layers(network)
+        self.ensemble = None
+        if ensemble:
+            self.ensemble = deploy_structure(network)
+            self.ensemble.trainable = False
+            copy_fused_weights(network, self.ensemble)
+        # Counters live in variables so that checkpoints (and BackupAndRestore) carry them.
+        self.ensemble_updates = keras.Variable(0, dtype="int64", trainable=False, name="ensemble_updates")
+        self.pruned = keras.Variable(False, dtype="bool", trainable=False, name="pruned")
+        self.seed_generator = keras.random.SeedGenerator(seed, name="perturbation_seed")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.clean_acc = keras.metrics.SparseCategoricalAccuracy(name="clean_acc")
+        self.adv_acc = keras.metrics.SparseCategoricalAccuracy(name="adv_acc")
+
+    # -- Keras plumbing ------------------------------------------------------------------------
+    def call(self, inputs, training=False):
+        return self.network(inputs, training=training)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.clean_acc, self.adv_acc]
+
+    def get_config(self):
+        return {
+            "network": keras.saving.serialize_keras_object(self.network),
+            "objective": self.objective,
+            "epsilon": self.epsilon,
+            "step_size": self.step_size,
+            "sre_lambda": self.sre_lambda,
+            "pgd_steps": self.pgd_steps,
+            "pgd_step_size": self.pgd_step_size,
+            "trades_beta": self.trades_beta,
+            "attack_bn": self.attack_bn,
+            "weight_decay": self.weight_decay,
+            "ensemble": self.ensemble is not None,
+            "seed": self.seed,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        network = keras.saving.deserialize_keras_object(config.pop("network"))
+        return cls(network, **config)
+
+    # -- perturbations ---------------------------------------------------------------------------
+    @property
+    def _attack_training(self) -> bool:
+        return self.attack_bn == "train"
+
+    def _uniform_start(self, x):
+        noise = keras.random.uniform(tf.shape(x), -self.epsilon, self.epsilon, seed=self.seed_generator)
+        return tf.clip_by_value(x + noise, 0.0, 1.0)
+
+    def _sign_step(self, x, x_start, objective_fn, step):
+        with tf.GradientTape() as tape:
+            tape.watch(x_start)
+            value = tf.reduce_sum(objective_fn(self.network(x_start, training=self._attack_training)))
+        grad = tape.gradient(value, x_start)
+        return _project(x_start + step * tf.sign(grad), x, self.epsilon)
+
+    def _pgd(self, x, x_start, objective_fn):
+        x_adv = x_start
+        for _ in range(self.pgd_steps):
+            x_adv = tf.stop_gradient(self._sign_step(x, x_adv, objective_fn, self.pgd_step_size))
+        return x_adv
+
+    # -- the step ----------------------------------------------------------------------------------
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        x = tf.convert_to_tensor(x)
+        variables = self.trainable_variables
+        obj = self.objective
+        logits_clean = None
+        with tf.GradientTape() as tape:
+            if obj in ("sre", "trades", "mart", "natural"):
+                # One clean forward serves both the perturbation target and the loss.
+                logits_clean = self.network(x, training=True)
+            with tape.stop_recording():
+                x_adv = self._perturb(x, y, logits_clean)
+            logits_adv = None if x_adv is None else self.network(x_adv, training=True)
+            if obj == "sre":
+                per_example = losses.sre(logits_clean, logits_adv, y, self.sre_lambda)
+            elif obj in ("fgsm", "pgd"):
+                per_example = losses.cross_entropy(logits_adv, y)
+            elif obj == "trades":
+                per_example = losses.trades(logits_clean, logits_adv, y, self.trades_beta)
+            elif obj == "mart":
+                per_example = losses.mart(logits_clean, logits_adv, y, self.trades_beta)
+            else:
+                per_example = losses.cross_entropy(logits_clean, y)
+            loss = replica_mean(per_example)
+        grads = tape.gradient(loss, variables)
+        if self.weight_decay:
+            # Coupled L2 as in PyTorch's SGD(weight_decay=...), which the paper's numbers come from;
+            # on factors it amounts to weight decay on the fused weight (paper Eq. 8).
+            grads = [g + self.weight_decay * v for g, v in zip(grads, variables, strict=True)]
+        self.optimizer.apply(grads, variables)
+        self._project_pruned_factors()
+        self.loss_tracker.update_state(tf.reduce_mean(per_example))
+        if logits_clean is not None:
+            self.clean_acc.update_state(y, logits_clean)
+        self.adv_acc.update_state(y, logits_clean if logits_adv is None else logits_adv)
+        return {m.name: m.result() for m in self.metrics}
+
+    def _perturb(self, x, y, logits_clean):
+        obj = self.objective
+        if obj == "natural":
+            return None
+        if obj == "sre":
+            p_clean = tf.stop_gradient(tf.nn.softmax(logits_clean))
+            # Only the consistency term depends on x_adv; lambda does not change the sign.
+            objective = lambda logits: losses.squared_l2(tf.nn.softmax(logits), p_clean)  # noqa: E731
+            return self._sign_step(x, self._uniform_start(x), objective, self.step_size)
+        if obj == "fgsm":
+            objective = lambda logits: losses.cross_entropy(logits, y)  # noqa: E731
+            return self._sign_step(x, self._uniform_start(x), objective, self.step_size)
+        if obj in ("pgd", "mart"):
+            objective = lambda logits: losses.cross_entropy(logits, y)  # noqa: E731
+            return self._pgd(x, self._uniform_start(x), objective)
+        # TRADES starts next to x and maximises KL(p(x) || p(x_adv)).
+        logits_ref = tf.stop_gradient(logits_clean)
+        objective = lambda logits: losses.kl_divergence(logits_ref, logits)  # noqa: E731
+        start = x + 0.001 * keras.random.normal(tf.shape(x), seed=self.seed_generator)
+        return self._pgd(x, tf.clip_by_value(start, 0.0, 1.0), objective)
+
+    def _project_pruned_factors(self):
+        def project():
+            for layer in self.reparam:
+                layer.project_factors()
+            return tf.constant(True)
+
+        # Before pruning the masks are all ones: skip the work.
+        tf.cond(self.pruned, project, lambda: tf.constant(False))
+
+    def test_step(self, data):
+        x, y = data[0], data[1]
+        logits = self.network(x, training=False)
+        self.loss_tracker.update_state(tf.reduce_mean(losses.cross_entropy(logits, y)))
+        self.clean_acc.update_state(y, logits)
+        return {m.name: m.result() for m in self.metrics if m.name != "adv_acc"}
+
+    # -- ensemble -----------------------------------------------------------------------------------
+    def ensemble_pairs(self):
+        """(ensemble variable, source tensor function) for every weight of the network."""
+        if self.ensemble is None:
+            return []
+        pairs = []
+        by_name = {layer.name: layer for layer in self.ensemble.layers}
+        for layer in self.network.layers:
+            dst = by_name[layer.name]
+            if layer in self.reparam:
+                pairs.append((dst.kernel, layer.fused_kernel))
+                if layer.use_bias:
+                    pairs.append((dst.bias, lambda b=layer.bias: b))
+            else:
+                for dv, sv in zip(dst.weights, layer.weights, strict=True):
+                    pairs.append((dv, lambda v=sv: v))
+        return pairs
