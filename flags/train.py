@@ -3,7 +3,7 @@
 from absl import flags as absl_flags
 
 from flags._define import define_section
-from frep_tf.config import TrainConfig, EnsembleConfig
+from frep_tf.config import EnsembleConfig, TrainConfig
 
 
 def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:

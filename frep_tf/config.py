@@ -18,7 +18,7 @@ ARCHITECTURES = ("vgg16", "resnet18", "resnet34", "resnet50", "wrn28_10", "wrn28
 PRUNE_SCHEDULES = ("oneshot", "gradual")
 ATTACK_BN_MODES = ("train", "eval")
 EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_sparse", "tflite_int8")
-EVAL_ATTACKS = ("clean", "fgsm", "pgd", "mim", "apgd_ce", "autoattack", "square")
+EVAL_ATTACKS = ("clean", "fgsm", "pgd", "mim", "square", "autoattack", "apgd-ce", "apgd-t", "fab-t")
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 MODES = ("train", "evaluate")
 
@@ -78,6 +78,7 @@ class EnsembleConfig:
     ensemble_decay: float = _f(0.99, "tau0, the largest EMA decay")
     ensemble_warmup: float = _f(10.0, "c in tau = min(tau0, i / (i + c)), i = ensemble updates so far")
     ensemble_interval: int = _f(100, "optimizer steps between ensemble updates; x10 at each lr decay (paper)")
+    ensemble_restart: bool = _f(True, "restart the ensemble warm-up when pruning (one-shot) changes the network")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +93,7 @@ class PruneConfig:
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     eval_attacks: str = _f("clean,fgsm,pgd", "comma-separated attacks for the final evaluation")
-    eval_pgd_steps: int = _f(50, "PGD / MIM steps of the final evaluation (paper: 50)")
+    eval_pgd_steps: int = _f(50, "PGD and MIM steps of the final evaluation (paper: 50)")
     eval_samples: int = _f(0, "test examples attacked; 0 = the full test split")
     val_pgd_steps: int = _f(10, "PGD steps of the per-epoch validation robustness (TensorBoard)")
     val_samples: int = _f(512, "validation examples attacked each epoch")

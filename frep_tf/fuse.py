@@ -34,6 +34,8 @@ def copy_fused_weights(source: keras.Model, target: keras.Model) -> None:
     source = getattr(source, "network", source)
     by_name = {layer.name: layer for layer in target.layers}
     for layer in source.layers:
+        if not layer.weights:  # input layers and the like; clone_model may rename unnamed inputs
+            continue
         dst = by_name.get(layer.name)
         if dst is None:
             raise ValueError(f"fuse: layer {layer.name!r} has no counterpart in the target model")

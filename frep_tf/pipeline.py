@@ -157,7 +157,8 @@ def make_callbacks(cfg: Config, model, splits, decay_steps, steps_per_epoch, wor
         begin = p.prune_epoch * steps_per_epoch
         end_epoch = p.prune_end_epoch or (p.prune_epoch + cfg.train.epochs) // 2
         schedule = make_schedule(p.prune_schedule, p.sparsity, begin, end_epoch * steps_per_epoch, steps_per_epoch)
-        callbacks.append(GlobalPruning(schedule, structured=p.structured))
+        restart = cfg.ensemble.ensemble_restart and p.prune_schedule == "oneshot"
+        callbacks.append(GlobalPruning(schedule, structured=p.structured, restart_ensemble=restart))
     x_val, y_val = _arrays(splits.val, cfg.eval.val_samples)
     tb_dir = os.path.join(workdir, "tb")
     callbacks.append(
@@ -197,12 +198,19 @@ def evaluate_classifier(model_fn, x, y, cfg: Config):
         batch_size=cfg.data.eval_batch_size,
         seed=cfg.run.seed,
         pgd_steps=cfg.eval.eval_pgd_steps,
+        mim_steps=cfg.eval.eval_pgd_steps,
         progress=_verbose(cfg) == 1,
     )
 
 
 def run(cfg: Config) -> dict:
+    from frep_tf import data
+
     validate(cfg)
+    # Missing data is found before TensorFlow starts (seconds, not tfds's minutes of retries).
+    data.check_available(
+        cfg.data.dataset, data_dir=cfg.data.data_dir or None, download=cfg.data.download, svhn_extra=cfg.data.svhn_extra
+    )
     if cfg.run.mode == "evaluate":
         return run_evaluate(cfg)
     return run_train(cfg)
@@ -343,20 +351,30 @@ def _info_dict(info) -> dict:
     }
 
 
+def attack_results(evaluation: dict) -> dict:
+    """{attack: {"accuracy", "samples", "seconds"}} for the attacks run, in the order they ran."""
+    return {k: v for k, v in evaluation.items() if isinstance(v, dict) and "accuracy" in v and k != "worst_case"}
+
+
 def summary_table(results: dict) -> str:
-    """A short Markdown summary: accuracy per attack, sparsity, size, time."""
+    """A short Markdown summary: accuracy per attack, sanity, sparsity, exports, time per stage."""
     ev = results["evaluation"]
-    attacks = ev["attacks"]
+    attacks = attack_results(ev)
     accuracies = " | ".join(f"{100 * a['accuracy']:.1f}" for a in attacks.values())
+    sanity = ev.get("sanity")
+    verdict = "not run" if sanity is None else ("pass" if sanity.get("passed") else "FAIL")
     lines = [
         "",
-        f"| {' | '.join(name for name in attacks)} |",
+        f"| {' | '.join(attacks)} |",
         f"|{'---:|' * len(attacks)}",
         f"| {accuracies} |",
         "",
         f"accuracy (%) on {next(iter(attacks.values()))['samples']} test examples of {results['dataset']['name']}, "
-        f"epsilon {ev['epsilon']:.4g}; sanity checks: {'pass' if ev.get('sanity', {}).get('ok', True) else 'FAIL'}",
+        f"epsilon {ev['config']['epsilon']:.4g}; sanity checks: {verdict}",
     ]
+    if sanity is not None and not sanity.get("passed"):
+        failed = [name for name, c in sanity.get("checks", {}).items() if c.get("passed") is False]
+        lines.append(f"failed checks: {', '.join(failed)} (see results.json)")
     if "sparsity" in results:
         s = results["sparsity"]
         p = results["params"]

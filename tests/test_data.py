@@ -36,14 +36,39 @@ def crop_flip_matches(augmented, original, *, pad=4):
 # ---------------------------------------------------------------- package and arguments
 
 
-def test_importing_the_package_imports_no_heavy_library():
-    code = (
-        "import sys, frep_tf.data; "
-        "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'sklearn', 'keras') "
-        "if m in sys.modules))"
-    )
+def test_import_and_offline_check_stay_light_and_fast(tmp_path):
+    """A fresh process: importing frep_tf.data loads no heavy library, and check_available reports
+    missing cifar10 data without importing TensorFlow, well within the 10 s budget."""
+    code = f"""
+import sys, time
+start = time.perf_counter()
+import frep_tf.data as data
+print(sorted(m for m in ("tensorflow", "tensorflow_datasets", "sklearn", "keras") if m in sys.modules))
+try:
+    data.check_available("cifar10", data_dir={str(tmp_path)!r})
+except data.DatasetError as error:
+    print(round(time.perf_counter() - start, 2), "tensorflow" in sys.modules, error)
+"""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    imported, result = out.stdout.strip().splitlines()
+    assert imported == "[]"
+    seconds, tensorflow_loaded, message = result.split(" ", 2)
+    assert float(seconds) < 10.0 and tensorflow_loaded == "False"
+    assert message.startswith("--dataset=cifar10: no prepared tfds data") and f"--data_dir={tmp_path}" in message
+
+
+def test_check_available_finds_missing_data_of_every_kind(tmp_path):
+    for name, expected in [
+        ("svhn", "no prepared tfds data svhn_cropped/3.1.0"),
+        ("tiny_imagenet", "tiny-imagenet-200.zip not found"),
+        (f"folder:{tmp_path / 'none'}", "not a directory"),
+        (f"npz:{tmp_path / 'none.npz'}", "no such file"),
+        ("imagenet", "unknown dataset"),
+    ]:
+        with pytest.raises(data.DatasetError, match=expected):
+            data.check_available(name, data_dir=str(tmp_path))
+    for name in ("digits", "synthetic", f"folder:{tmp_path}"):
+        data.check_available(name, data_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -183,7 +208,7 @@ def test_fit_runs_on_the_pipeline():
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    history = model.fit(splits.train, validation_data=splits.val, epochs=3, verbose=0)
+    history = model.fit(splits.train, validation_data=splits.val, epochs=3, verbose=0, shuffle=False)
     assert history.history["accuracy"][-1] > history.history["accuracy"][0]
     assert model.evaluate(splits.test, verbose=0, return_dict=True)["accuracy"] > 0.8
 
@@ -310,12 +335,12 @@ def test_offline_cifar10_fails_in_seconds_with_instructions(tmp_path):
 
 
 def test_allowed_download_with_unreachable_host_fails_fast(tmp_path, monkeypatch):
-    monkeypatch.setattr(tfds_loaders, "host_reachable", lambda host: False)
+    monkeypatch.setattr(tfds_loaders, "host_reachable", lambda host, port: False)
 
     def no_download(*args, **kwargs):
         raise AssertionError("download_and_prepare must not run when the host is unreachable")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
-    with pytest.raises(data.DatasetError, match="ufldl.stanford.edu cannot be reached") as error:
+    with pytest.raises(data.DatasetError, match="ufldl.stanford.edu:80 cannot be reached") as error:
         data.load_dataset("svhn", data_dir=str(tmp_path), download=True)
     assert "tfds build svhn_cropped" in str(error.value)

@@ -73,14 +73,26 @@ class RobustModel(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.clean_acc = keras.metrics.SparseCategoricalAccuracy(name="clean_acc")
         self.adv_acc = keras.metrics.SparseCategoricalAccuracy(name="adv_acc")
+        # The functional network (and its ensemble copy) are built already: so is this wrapper.
+        self.built = True
 
     # -- Keras plumbing ------------------------------------------------------------------------
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
 
     @property
+    def has_clean_forward(self) -> bool:
+        return self.objective in ("sre", "trades", "mart", "natural")
+
+    @property
     def metrics(self):
-        return [self.loss_tracker, self.clean_acc, self.adv_acc]
+        # Only what the step really computes: fgsm/pgd never see clean logits, natural no adversary.
+        tracked = [self.loss_tracker]
+        if self.has_clean_forward:
+            tracked.append(self.clean_acc)
+        if self.objective != "natural":
+            tracked.append(self.adv_acc)
+        return tracked
 
     def get_config(self):
         return {
@@ -162,7 +174,8 @@ class RobustModel(keras.Model):
         self.loss_tracker.update_state(tf.reduce_mean(per_example))
         if logits_clean is not None:
             self.clean_acc.update_state(y, logits_clean)
-        self.adv_acc.update_state(y, logits_clean if logits_adv is None else logits_adv)
+        if logits_adv is not None:
+            self.adv_acc.update_state(y, logits_adv)
         return {m.name: m.result() for m in self.metrics}
 
     def _perturb(self, x, y, logits_clean):
@@ -200,7 +213,7 @@ class RobustModel(keras.Model):
         logits = self.network(x, training=False)
         self.loss_tracker.update_state(tf.reduce_mean(losses.cross_entropy(logits, y)))
         self.clean_acc.update_state(y, logits)
-        return {m.name: m.result() for m in self.metrics if m.name != "adv_acc"}
+        return {"loss": self.loss_tracker.result(), "clean_acc": self.clean_acc.result()}
 
     # -- ensemble -----------------------------------------------------------------------------------
     def ensemble_pairs(self):
@@ -210,6 +223,8 @@ class RobustModel(keras.Model):
         pairs = []
         by_name = {layer.name: layer for layer in self.ensemble.layers}
         for layer in self.network.layers:
+            if not layer.weights:
+                continue
             dst = by_name[layer.name]
             if layer in self.reparam:
                 pairs.append((dst.kernel, layer.fused_kernel))

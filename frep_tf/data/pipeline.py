@@ -1,0 +1,194 @@
+"""From a source of raw examples to batched, shuffled, augmented `tf.data` pipelines.
+
+Order of the training pipeline and why:
+  carve validation -> cache (stored dtype, if it fits) -> shuffle -> batch -> augment + to float
+  (parallel) -> prefetch.
+Batching before augmenting lets the crop and flip run as a few vectorised ops per batch; caching
+before the float conversion keeps uint8 images, a quarter of the memory.
+
+Reproducibility: the validation carve-out depends only on `SPLIT_SEED` (not on the run's seed), so
+runs with different seeds are compared on the same validation examples. The shuffle and the
+augmentation are seeded by `seed`; augmentation seeds come from a seeded `Dataset.random` that
+draws new values every epoch. With `deterministic=True` the whole pipeline is reproducible element
+for element; with False, parallel batch maps may hand out finished batches out of order (faster when
+batches take uneven time), but each batch's content and augmentation stay the same. The upstream
+(source) part always keeps its order, because the carve-out selects examples by position.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from frep_tf.data import augment as augment_lib
+from frep_tf.data.errors import DatasetError
+from frep_tf.data.source import ArraySource, StreamSource
+from frep_tf.data.splits import DatasetInfo, Splits
+
+SPLIT_SEED = 0
+CACHE_LIMIT_BYTES = 2 * 2**30  # per split; tfds data above it is decoded again every epoch
+SHUFFLE_BUFFER_BYTES = 512 * 2**20
+MIN_SHUFFLE_BUFFER = 1024
+
+
+def resolve_val_count(val_size: float, num_train: int) -> int:
+    """Number of training examples carved out for validation from `val_size` (fraction or count)."""
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float, np.integer, np.floating)):
+        raise DatasetError(f"--val_size must be a fraction in (0, 1) or a count >= 0; received: {val_size!r}")
+    if isinstance(val_size, (int, np.integer)):
+        count = int(val_size)
+        if count < 0 or count >= num_train:
+            raise DatasetError(
+                f"--val_size={count}: a validation count must lie in [0, {num_train - 1}] "
+                f"(there are {num_train} training examples)"
+            )
+        return count
+    fraction = float(val_size)
+    if fraction == 0.0:
+        return 0
+    if not 0.0 < fraction < 1.0:
+        raise DatasetError(f"--val_size={val_size}: a fraction must lie in (0, 1); use 0 for no validation split")
+    count = round(fraction * num_train)
+    if count == 0 or count == num_train:
+        raise DatasetError(
+            f"--val_size={val_size}: gives {count} validation examples out of {num_train}; "
+            "choose a fraction or a count that leaves both splits non-empty"
+        )
+    return count
+
+
+def validation_mask(num_train: int, num_val: int) -> np.ndarray:
+    """Boolean mask over training positions: True for the examples carved out as validation."""
+    mask = np.zeros(num_train, dtype=bool)
+    mask[np.random.default_rng(SPLIT_SEED).permutation(num_train)[:num_val]] = True
+    return mask
+
+
+def build_splits(
+    source: ArraySource | StreamSource,
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+    val_size: float,
+    seed: int,
+    augment: bool,
+    augmentation: str | None,
+    image_size: tuple[int, int] | None,
+    deterministic: bool,
+) -> Splits:
+    """Builds the train / val / test pipelines of `source`; see the module docstring."""
+    import tensorflow as tf
+
+    policy = augmentation if augmentation is not None else source.augmentation
+    augment_lib.check_policy(policy)
+    if not augment:
+        policy = "none"
+    stored_shape = source.image_shape
+    if image_size is not None and tuple(image_size) != stored_shape[:2]:
+        target: tuple[int, int] | None = (int(image_size[0]), int(image_size[1]))
+        image_shape = (*target, stored_shape[2])
+    else:
+        target = None
+        image_shape = stored_shape
+
+    num_val = resolve_val_count(val_size, source.num_train)
+    num_train = source.num_train - num_val
+    if num_train < batch_size:
+        raise DatasetError(
+            f"--batch_size={batch_size}: larger than the {num_train} training examples of "
+            f"{source.name} left after the validation split; use a smaller batch or --val_size"
+        )
+    mask = validation_mask(source.num_train, num_val)
+
+    if isinstance(source, ArraySource):
+        train_raw = tf.data.Dataset.from_tensor_slices((source.x_train[~mask], source.y_train[~mask]))
+        val_raw = tf.data.Dataset.from_tensor_slices((source.x_train[mask], source.y_train[mask]))
+        test_raw = tf.data.Dataset.from_tensor_slices((source.x_test, source.y_test))
+        example_bytes = source.x_train[:1].nbytes
+    else:
+        train_raw = _select(source.train, mask, keep=False, count=num_train)
+        val_raw = _select(source.train, mask, keep=True, count=num_val)
+        test_raw = source.test
+        example_bytes = int(np.prod(stored_shape)) * 1  # tfds images are uint8
+        train_raw, val_raw, test_raw = (
+            _maybe_cache(ds, n * example_bytes)
+            for ds, n in (
+                (train_raw, num_train),
+                (val_raw, num_val),
+                (test_raw, source.num_test),
+            )
+        )
+
+    # The source keeps its order whatever `deterministic` says; only our batch maps may relax it.
+    options = tf.data.Options()
+    options.deterministic = True
+    autotune = tf.data.AUTOTUNE
+    # Plain tensor code: skipping autograph's conversion saves seconds of tracing per load.
+    plain = tf.autograph.experimental.do_not_convert
+
+    @plain
+    def prepare(images, labels, seeds=None):
+        if target is not None:
+            images = tf.image.resize(_to_float(images), target, antialias=True)
+            images = tf.clip_by_value(images, 0.0, 1.0)
+        if seeds is not None:
+            images = augment_lib.augment_batch(images, seeds, policy)
+        return _to_float(images), tf.cast(labels, tf.int32)
+
+    buffer = max(MIN_SHUFFLE_BUFFER, SHUFFLE_BUFFER_BYTES // max(example_bytes, 1))
+    train = train_raw.shuffle(min(num_train, buffer), seed=seed, reshuffle_each_iteration=True)
+    train = train.batch(batch_size, drop_remainder=True)
+    if policy == "none":
+        train = train.map(prepare, num_parallel_calls=autotune, deterministic=deterministic)
+    else:
+        # A fresh pair of seeds per batch, different every epoch, same for every run with `seed`.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        train = tf.data.Dataset.zip(train, seeds).map(
+            plain(lambda batch, batch_seeds: prepare(*batch, batch_seeds)),
+            num_parallel_calls=autotune,
+            deterministic=deterministic,
+        )
+    train = train.prefetch(autotune).with_options(options)
+
+    def evaluation(ds):
+        ds = ds.batch(eval_batch_size).map(prepare, num_parallel_calls=autotune)
+        return ds.prefetch(autotune).with_options(options)
+
+    info = DatasetInfo(
+        name=source.name,
+        image_shape=tuple(int(d) for d in image_shape),
+        num_classes=int(source.num_classes),
+        num_train=num_train,
+        num_val=num_val,
+        num_test=source.num_test,
+        augmentation=augment_lib.describe(policy, image_shape)
+        + (" (augmentation turned off)" if not augment and source.augmentation != "none" else ""),
+    )
+    return Splits(
+        train=train,
+        val=evaluation(val_raw) if num_val else None,
+        test=evaluation(test_raw),
+        info=info,
+    )
+
+
+def _to_float(images):
+    import tensorflow as tf
+
+    if images.dtype == tf.uint8:
+        return tf.cast(images, tf.float32) / 255.0
+    return tf.cast(images, tf.float32)
+
+
+def _select(ds, mask: np.ndarray, *, keep: bool, count: int):
+    """The examples of `ds` whose position has mask == keep, with their cardinality declared."""
+    import tensorflow as tf
+
+    flags = tf.constant(mask if keep else ~mask)
+    plain = tf.autograph.experimental.do_not_convert
+    ds = ds.enumerate().filter(plain(lambda i, example: tf.gather(flags, i)))
+    ds = ds.map(plain(lambda i, example: example))
+    return ds.apply(tf.data.experimental.assert_cardinality(count))
+
+
+def _maybe_cache(ds, nbytes: int):
+    return ds.cache() if nbytes <= CACHE_LIMIT_BYTES else ds

@@ -1,0 +1,108 @@
+"""The real `python main.py` path, end to end, in a subprocess: outputs, schema, bad flags."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args, timeout=900):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "main.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+FAST = ["--epochs=3", "--prune_epoch=1", "--val_pgd_steps=2", "--eval_pgd_steps=5", "--ensemble_interval=5"]
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("quickstart")
+    proc = run_main("--flagfile=configs/quickstart.cfg", f"--workdir={workdir}", *FAST)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir, proc
+
+
+def test_quickstart_writes_every_output(quickstart_run):
+    workdir, proc = quickstart_run
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["data"]["dataset"] == "digits" and config["prune"]["sparsity"] == 0.99
+    assert config["train"]["epochs"] == 3  # the resolved config, flags over the flagfile
+    export = workdir / "export"
+    for name in ("model.keras", "model.tflite", "model_sparse.tflite", "saved_model/saved_model.pb"):
+        assert (export / name).is_file(), name
+    assert not [n for n in os.listdir(export) if n.startswith(".")]  # no leftovers of atomic writes
+    events = [f for _, _, fs in os.walk(workdir / "tb") for f in fs if f.startswith("events.out")]
+    assert len(events) >= 2  # Keras' TensorBoard and our own summaries
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["schema_version"] == 1 and results["mode"] == "train"
+    ev = results["evaluation"]
+    for attack in ("clean", "fgsm", "pgd"):
+        assert 0.0 <= ev[attack]["accuracy"] <= 1.0 and ev[attack]["samples"] == 360
+    assert ev["pgd"]["accuracy"] <= ev["fgsm"]["accuracy"] <= ev["clean"]["accuracy"]
+    assert results["sparsity"]["kernels"] >= 0.99 - 1e-6
+    assert results["params"]["deployed_nonzero"] < results["params"]["deployed"]
+    assert {e["format"] for e in results["exports"]} == {"keras", "saved_model", "tflite", "tflite_sparse"}
+    for stage in ("data", "build", "train", "export", "evaluate", "total"):
+        assert results["timings"][stage] >= 0
+    assert results["model"]["evaluated"] == "ensemble" and results["model"]["evaluated_path"] == "export/model.keras"
+    assert "| clean | fgsm | pgd |" in proc.stdout
+
+
+def test_exported_kernels_really_are_sparse(quickstart_run):
+    import keras
+
+    workdir, _ = quickstart_run
+    model = keras.models.load_model(workdir / "export" / "model.keras")
+    kernels = [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
+    zeros = sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels)
+    assert zeros >= 0.99 - 1e-6
+
+
+def test_evaluate_mode_on_the_exported_model(quickstart_run, tmp_path):
+    workdir, _ = quickstart_run
+    proc = run_main(
+        "--mode=evaluate",
+        f"--model={workdir / 'export' / 'saved_model'}",
+        "--dataset=digits",
+        "--epsilon=0.1",
+        "--eval_attacks=clean,pgd",
+        "--eval_pgd_steps=5",
+        f"--workdir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["mode"] == "evaluate" and results["evaluation"]["clean"]["samples"] == 360
+
+
+@pytest.mark.parametrize(
+    "args,flag",
+    [
+        (["--sparsity=1.5"], "--sparsity=1.5"),
+        (["--epochs=10", "--prune_epoch=10"], "--prune_epoch=10"),
+        (["--objective=madry"], "--objective=madry"),
+        (["--arch=resnet9"], "--arch=resnet9"),
+        (["--epsilon=abc"], "--epsilon"),
+        (["--no_such_flag=1"], "no_such_flag"),
+        (["positional"], "unexpected argument"),
+    ],
+)
+def test_bad_flags_stop_before_any_work(args, flag, tmp_path):
+    workdir = tmp_path / "w"
+    proc = run_main("--dataset=digits", f"--workdir={workdir}", *args, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and flag in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not workdir.exists()
