@@ -21,6 +21,7 @@ from absl import flags as absl_flags  # noqa: E402
 import flags  # noqa: E402
 
 flags.define_all(absl_flags.FLAGS)
+absl_flags.adopt_module_key_flags(flags.define_module())  # so `--help` lists every setting
 
 
 def _fail(message: str) -> None:

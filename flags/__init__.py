@@ -16,6 +16,13 @@ from frep_tf.config import SECTIONS, Config
 GROUPS = (data, model, train, prune, attack, run)
 
 
+def define_module():
+    """The module that defines the flags (absl attributes flags to it), for `--help`."""
+    from flags import _define
+
+    return _define
+
+
 def define_all(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
     for group in GROUPS:
         group.define_flags(flag_values)

@@ -7,6 +7,7 @@ pass ``lambda x: model(x, training=False)``. Accuracies count a point as robust 
 classified correctly on the clean input and on the attack's output.
 """
 
+import dataclasses
 import threading
 import time
 
@@ -18,12 +19,20 @@ from frep_tf.attacks import autoattack, checks, common, fgsm, pgd, square
 ATTACKS = ("clean", "fgsm", "pgd", "mim", "square", "autoattack", "apgd-ce", "apgd-t", "fab-t")
 ALIASES = {"aa": "autoattack"}
 GRADIENT_FREE = ("clean", "square")
-TABLE_COLUMNS = (("clean", "Clean"), ("fgsm", "FGSM"), ("pgd", "PGD"), ("mim", "MIM"),
-                 ("square", "Square"), ("autoattack", "AA"))
+TABLE_COLUMNS = (
+    ("clean", "Clean"),
+    ("fgsm", "FGSM"),
+    ("pgd", "PGD"),
+    ("mim", "MIM"),
+    ("square", "Square"),
+    ("autoattack", "AA"),
+)
 SWEEP_MAX_EPS = 0.5  # an L-inf ball of radius 0.5 reaches the constant mid-grey image
 
 
 def _canonical_attacks(attacks):
+    if isinstance(attacks, str):  # "clean,fgsm,pgd" as a flag gives it
+        attacks = [a for a in attacks.split(",") if a.strip()]
     names = [ALIASES.get(a.strip().lower(), a.strip().lower()) for a in attacks]
     unknown = [a for a in names if a not in ATTACKS]
     if unknown:
@@ -33,8 +42,7 @@ def _canonical_attacks(attacks):
 
 def _entry(correct, seconds, **extra):
     accuracy = float(np.mean(correct)) if correct.size else 0.0
-    return {"accuracy": accuracy, "samples": int(correct.size), "seconds": round(seconds, 3),
-            **extra}
+    return {"accuracy": accuracy, "samples": int(correct.size), "seconds": round(seconds, 3), **extra}
 
 
 def _single_attack_fn(name, model_fn, epsilon, s):
@@ -45,26 +53,45 @@ def _single_attack_fn(name, model_fn, epsilon, s):
         attack = pgd.pgd if name == "pgd" else pgd.mim
         kwargs = {"decay": s["mim_decay"]} if name == "mim" else {"restarts": s["pgd_restarts"]}
         return lambda x, y, seed: attack(
-            model_fn, x, y, eps=epsilon, steps=s[f"{name}_steps"],
-            step_size=s[f"{name}_step_size"], seed=seed, **kwargs)
+            model_fn, x, y, eps=epsilon, steps=s[f"{name}_steps"], step_size=s[f"{name}_step_size"], seed=seed, **kwargs
+        )
     if name == "square":
         return lambda x, y, seed: square.square(
-            model_fn, x, y, eps=epsilon, queries=s["square_queries"],
-            p_init=s["square_p_init"], seed=seed)
+            model_fn, x, y, eps=epsilon, queries=s["square_queries"], p_init=s["square_p_init"], seed=seed
+        )
     raise ValueError(name)
 
 
-def evaluate_model(model_fn, x, y, *, epsilon, attacks=("clean", "fgsm", "pgd", "mim"),
-                   batch_size=256, seed=0, pgd_steps=50, pgd_step_size=None, pgd_restarts=1,
-                   mim_steps=50, mim_step_size=None, mim_decay=1.0, square_queries=5000,
-                   square_p_init=0.8, autoattack_settings=autoattack.STANDARD, sanity=True,
-                   sweep_factors=(1, 2, 4, 8), sweep_samples=100, sweep_steps=20,
-                   progress=True):
+def evaluate_model(
+    model_fn,
+    x,
+    y,
+    *,
+    epsilon,
+    attacks=("clean", "fgsm", "pgd", "mim"),
+    batch_size=256,
+    seed=0,
+    pgd_steps=50,
+    pgd_step_size=None,
+    pgd_restarts=1,
+    mim_steps=50,
+    mim_step_size=None,
+    mim_decay=1.0,
+    square_queries=5000,
+    square_p_init=0.8,
+    autoattack_settings=autoattack.STANDARD,
+    sanity=True,
+    sweep_factors=(1, 2, 4, 8),
+    sweep_samples=100,
+    sweep_steps=20,
+    progress=True,
+):
     """Robust accuracy of model_fn on (x, y) under each of `attacks` (L-inf, radius epsilon).
 
     Returns {attack: {"accuracy", "samples", "seconds"}, "worst_case": the same over all attacks
-    run, "sanity": {"passed", "checks"} (if sanity), "config": the settings used}. Step sizes
-    default to epsilon / 4 (2/255 at 8/255, the usual PGD-50 setting); "autoattack" uses the
+    run, "sanity": {"passed", "checks"} (if sanity), "config": the settings used}; "clean" is
+    always reported and "autoattack" adds "after": its robust accuracy after each stage. Step
+    sizes default to epsilon / 4 (2/255 at 8/255, the usual PGD-50 setting); "autoattack" uses the
     published standard settings unless autoattack_settings says otherwise. The sanity eps sweep
     runs PGD-`sweep_steps` on the first `sweep_samples` points at epsilon times `sweep_factors`
     (capped at 0.5).
@@ -75,21 +102,26 @@ def evaluate_model(model_fn, x, y, *, epsilon, attacks=("clean", "fgsm", "pgd", 
     if needs_gradients and not differentiable:
         raise common.NotDifferentiableError(
             f"{needs_gradients} need input gradients, which this model does not have; on a "
-            f"TFLite model run {GRADIENT_FREE} or use transfer_accuracy.")
+            f"TFLite model run {GRADIENT_FREE} or use transfer_accuracy."
+        )
     if not epsilon >= 0:
         raise ValueError(f"epsilon must be >= 0. Received: epsilon={epsilon}")
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32).reshape(-1)
     if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"x and y must be non-empty and of equal length. Received: "
-                         f"{len(x)} inputs, {len(y)} labels")
+        raise ValueError(f"x and y must be non-empty and of equal length. Received: {len(x)} inputs, {len(y)} labels")
     settings = {
-        "epsilon": float(epsilon), "batch_size": batch_size, "seed": seed,
-        "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts,
+        "epsilon": float(epsilon),
+        "batch_size": batch_size,
+        "seed": seed,
+        "pgd_steps": pgd_steps,
+        "pgd_restarts": pgd_restarts,
         "pgd_step_size": epsilon / 4 if pgd_step_size is None else pgd_step_size,
-        "mim_steps": mim_steps, "mim_decay": mim_decay,
+        "mim_steps": mim_steps,
+        "mim_decay": mim_decay,
         "mim_step_size": epsilon / 4 if mim_step_size is None else mim_step_size,
-        "square_queries": square_queries, "square_p_init": square_p_init,
+        "square_queries": square_queries,
+        "square_p_init": square_p_init,
     }
 
     results, max_perturbation = {}, {}
@@ -98,28 +130,44 @@ def evaluate_model(model_fn, x, y, *, epsilon, attacks=("clean", "fgsm", "pgd", 
     results["clean"] = _entry(clean_correct, time.perf_counter() - start)
     worst = clean_correct.copy()
     aa_after = None
-    for stream, name in enumerate(names):
+    for name in names:
         if name == "clean":
             continue
-        start = time.perf_counter()
+        start, extra = time.perf_counter(), {}
         if name in ("autoattack", "apgd-ce", "apgd-t", "fab-t"):
             stages = autoattack.ATTACKS if name == "autoattack" else (name,)
-            res = autoattack.run(model_fn, x, y, eps=epsilon, attacks=stages,
-                                 settings=autoattack_settings, batch_size=batch_size,
-                                 seed=seed, progress=progress, clean_correct=clean_correct)
+            res = autoattack.run(
+                model_fn,
+                x,
+                y,
+                eps=epsilon,
+                attacks=stages,
+                settings=autoattack_settings,
+                batch_size=batch_size,
+                seed=seed,
+                progress=progress,
+                clean_correct=clean_correct,
+            )
             x_adv, correct = res.x_adv, res.robust
             if name == "autoattack":
-                aa_after = res.accuracy_after
+                aa_after = extra["after"] = res.accuracy_after
+                settings["autoattack"] = dataclasses.asdict(autoattack_settings)
         else:
             fn = _single_attack_fn(name, model_fn, epsilon, settings)
             compiled = common.compile_batch_fn(fn, x.shape, model_fn=model_fn)
+            # The seed stream is tied to the attack, not to its position in `attacks`.
             x_adv, still_correct = common.run_batched(
-                compiled, x, y, batch_size=batch_size, seed=seed, stream=stream, desc=name,
-                progress=progress)
+                compiled,
+                x,
+                y,
+                batch_size=batch_size,
+                seed=seed,
+                stream=ATTACKS.index(name),
+                desc=name,
+                progress=progress,
+            )
             correct = clean_correct & still_correct
-        results[name] = _entry(correct, time.perf_counter() - start)
-        if aa_after is not None and name == "autoattack":
-            results[name]["after"] = aa_after
+        results[name] = _entry(correct, time.perf_counter() - start, **extra)
         max_perturbation[name] = float(np.max(np.abs(x_adv - x)))
         worst &= correct
     if len(results) > 1:
@@ -127,36 +175,73 @@ def evaluate_model(model_fn, x, y, *, epsilon, attacks=("clean", "fgsm", "pgd", 
 
     if sanity:
         results["sanity"] = _sanity(
-            model_fn, x, y, clean_correct, results, aa_after, max_perturbation, epsilon=epsilon,
-            batch_size=batch_size, seed=seed, differentiable=differentiable,
-            sweep_factors=sweep_factors, sweep_samples=sweep_samples, sweep_steps=sweep_steps,
-            progress=progress)
+            model_fn,
+            x,
+            y,
+            clean_correct,
+            results,
+            aa_after,
+            max_perturbation,
+            epsilon=epsilon,
+            batch_size=batch_size,
+            seed=seed,
+            differentiable=differentiable,
+            sweep_factors=sweep_factors,
+            sweep_samples=sweep_samples,
+            sweep_steps=sweep_steps,
+            progress=progress,
+        )
     results["config"] = settings
     return results
 
 
-def eps_sweep(model_fn, x, y, eps_values, *, steps, batch_size, seed=0, progress=True,
-              clean_correct=None):
+def eps_sweep(model_fn, x, y, eps_values, *, steps, batch_size, seed=0, progress=True, clean_correct=None):
     """PGD-`steps` robust accuracy (step eps/4) at each eps; one graph trace for all of them."""
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
     if clean_correct is None:
         clean_correct = common.predictor(model_fn, x.shape)(x, batch_size) == y
     compiled = common.compile_batch_fn(
-        lambda xb, yb, s, eps: pgd.pgd(model_fn, xb, yb, eps=eps, steps=steps,
-                                       step_size=eps / 4, seed=s),
-        x.shape, (tf.TensorSpec((), tf.float32),), model_fn=model_fn)
+        lambda xb, yb, s, eps: pgd.pgd(model_fn, xb, yb, eps=eps, steps=steps, step_size=eps / 4, seed=s),
+        x.shape,
+        (tf.TensorSpec((), tf.float32),),
+        model_fn=model_fn,
+    )
     accuracies = []
     for i, eps in enumerate(eps_values):
-        _, ok = common.run_batched(compiled, x, y, batch_size=batch_size, seed=seed,
-                                   stream=100 + i, extra=(np.float32(eps),),
-                                   desc=f"sweep eps={eps:.3g}", progress=progress)
+        _, ok = common.run_batched(
+            compiled,
+            x,
+            y,
+            batch_size=batch_size,
+            seed=seed,
+            stream=100 + i,
+            extra=(np.float32(eps),),
+            desc=f"sweep eps={eps:.3g}",
+            progress=progress,
+        )
         accuracies.append(float(np.mean(clean_correct & ok)))
     return accuracies
 
 
-def _sanity(model_fn, x, y, clean_correct, results, aa_after, max_perturbation, *, epsilon,
-            batch_size, seed, differentiable, sweep_factors, sweep_samples, sweep_steps, progress):
+def _sanity(
+    model_fn,
+    x,
+    y,
+    clean_correct,
+    results,
+    aa_after,
+    max_perturbation,
+    *,
+    epsilon,
+    batch_size,
+    seed,
+    differentiable,
+    sweep_factors,
+    sweep_samples,
+    sweep_steps,
+    progress,
+):
     n = len(y)
     accuracies = {k: v["accuracy"] for k, v in results.items() if k in ATTACKS}
     head = slice(0, min(n, max(batch_size, 1)))
@@ -164,8 +249,10 @@ def _sanity(model_fn, x, y, clean_correct, results, aa_after, max_perturbation, 
         "order": checks.check_order(accuracies),
         "black_box": checks.check_black_box(accuracies, samples=n),
         "square_in_autoattack": (
-            checks.check_square_in_autoattack(aa_after, samples=n) if aa_after
-            else {"passed": None, "message": "AutoAttack was not run"}),
+            checks.check_square_in_autoattack(aa_after, samples=n)
+            if aa_after
+            else {"passed": None, "message": "AutoAttack was not run"}
+        ),
         "perturbation": checks.check_perturbation(max_perturbation, epsilon),
         "zero_gradients": checks.check_zero_gradients(model_fn, x[head], y[head]),
         "deterministic": checks.check_deterministic(model_fn, x[head]),
@@ -174,13 +261,20 @@ def _sanity(model_fn, x, y, clean_correct, results, aa_after, max_perturbation, 
     if differentiable and sweep_factors and sweep_samples > 0 and epsilon > 0:
         eps_values = sorted({min(float(f) * epsilon, SWEEP_MAX_EPS) for f in sweep_factors})
         sub = slice(0, min(n, sweep_samples))
-        sweep_acc = eps_sweep(model_fn, x[sub], y[sub], eps_values, steps=sweep_steps,
-                              batch_size=batch_size, seed=seed, progress=progress,
-                              clean_correct=clean_correct[sub])
+        sweep_acc = eps_sweep(
+            model_fn,
+            x[sub],
+            y[sub],
+            eps_values,
+            steps=sweep_steps,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+            clean_correct=clean_correct[sub],
+        )
         found["eps_sweep"] = checks.check_eps_sweep(eps_values, sweep_acc)
     else:
-        found["eps_sweep"] = {"passed": None,
-                              "message": "not run (no gradients, or disabled)"}
+        found["eps_sweep"] = {"passed": None, "message": "not run (no gradients, or disabled)"}
     return {"passed": checks.all_passed(found), "checks": found}
 
 
@@ -188,8 +282,7 @@ def markdown_table(results, *, name="model"):
     """One row like Table I of the FReP paper (accuracies in %), then any failed sanity check."""
     header = "| " + " | ".join(["Model", *(title for _, title in TABLE_COLUMNS)]) + " |"
     rule = "|" + "---|" * (len(TABLE_COLUMNS) + 1)
-    cells = [f"{100 * results[k]['accuracy']:.1f}" if k in results else "-"
-             for k, _ in TABLE_COLUMNS]
+    cells = [f"{100 * results[k]['accuracy']:.1f}" if k in results else "-" for k, _ in TABLE_COLUMNS]
     lines = [header, rule, "| " + " | ".join([name, *cells]) + " |"]
     sanity = results.get("sanity")
     if sanity is not None:
@@ -202,8 +295,20 @@ def markdown_table(results, *, name="model"):
     return "\n".join(lines) + "\n"
 
 
-def transfer_accuracy(source_model_fn, target_model_fn, x, y, *, epsilon, steps=50,
-                      step_size=None, restarts=1, batch_size=256, seed=0, progress=True):
+def transfer_accuracy(
+    source_model_fn,
+    target_model_fn,
+    x,
+    y,
+    *,
+    epsilon,
+    steps=50,
+    step_size=None,
+    restarts=1,
+    batch_size=256,
+    seed=0,
+    progress=True,
+):
     """Accuracy of target_model_fn (e.g. a TFLite model) on PGD examples crafted on
     source_model_fn (e.g. the float Keras model it was exported from).
 
@@ -216,11 +321,15 @@ def transfer_accuracy(source_model_fn, target_model_fn, x, y, *, epsilon, steps=
     y = np.asarray(y, np.int32).reshape(-1)
     step_size = epsilon / 4 if step_size is None else step_size
     compiled = common.compile_batch_fn(
-        lambda xb, yb, s: pgd.pgd(source_model_fn, xb, yb, eps=epsilon, steps=steps,
-                                  step_size=step_size, restarts=restarts, seed=s),
-        x.shape, model_fn=source_model_fn)
-    x_adv, source_ok = common.run_batched(compiled, x, y, batch_size=batch_size, seed=seed,
-                                          desc="transfer pgd", progress=progress)
+        lambda xb, yb, s: pgd.pgd(
+            source_model_fn, xb, yb, eps=epsilon, steps=steps, step_size=step_size, restarts=restarts, seed=s
+        ),
+        x.shape,
+        model_fn=source_model_fn,
+    )
+    x_adv, source_ok = common.run_batched(
+        compiled, x, y, batch_size=batch_size, seed=seed, desc="transfer pgd", progress=progress
+    )
     source_clean = common.predictor(source_model_fn, x.shape)(x, batch_size) == y
     predict_target = common.predictor(target_model_fn, x.shape)
     target_clean = predict_target(x, batch_size) == y
@@ -251,8 +360,9 @@ class TFLiteModel:
 
         self.path = str(path)
         resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        self._interpreter = Interpreter(model_path=self.path, num_threads=num_threads,
-                                        experimental_op_resolver_type=resolver)
+        self._interpreter = Interpreter(
+            model_path=self.path, num_threads=num_threads, experimental_op_resolver_type=resolver
+        )
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
@@ -291,8 +401,7 @@ class TFLiteModel:
         if not self._resizable:
             return False
         try:
-            self._interpreter.resize_tensor_input(self._input["index"],
-                                                  [batch, *self._base_shape[1:]])
+            self._interpreter.resize_tensor_input(self._input["index"], [batch, *self._base_shape[1:]])
             self._interpreter.allocate_tensors()
         except (RuntimeError, ValueError):
             self._resizable = False
@@ -307,8 +416,7 @@ class TFLiteModel:
         """Logits of a numpy batch."""
         x = np.asarray(x, np.float32)
         if tuple(x.shape[1:]) != self._base_shape[1:]:
-            raise ValueError(f"{self!r} takes inputs of shape {self._base_shape[1:]}. "
-                             f"Received: shape={x.shape}")
+            raise ValueError(f"{self!r} takes inputs of shape {self._base_shape[1:]}. Received: shape={x.shape}")
         if len(x) == 0:
             return np.zeros([0, self.num_classes], np.float32)
         with self._lock:
@@ -318,9 +426,9 @@ class TFLiteModel:
             step = self._batch
             outs = []
             for start in range(0, len(x), step):
-                part = x[start:start + step]
+                part = x[start : start + step]
                 padded = np.concatenate([part, np.repeat(part[-1:], step - len(part), 0)])
-                outs.append(self._invoke(padded)[:len(part)])
+                outs.append(self._invoke(padded)[: len(part)])
             return np.concatenate(outs)
 
     def __call__(self, x):

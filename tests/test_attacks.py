@@ -19,8 +19,7 @@ def digits():
     data = load_digits()
     images = (data.images / 16.0).astype("float32")[..., None]
     labels = data.target.astype("int32")
-    _, x_test, _, y_test = split = train_test_split(images, labels, test_size=0.2, random_state=0,
-                                                    stratify=labels)
+    _, x_test, _, y_test = split = train_test_split(images, labels, test_size=0.2, random_state=0, stratify=labels)
     assert x_test.shape == (360, 8, 8, 1)
     return split
 
@@ -29,15 +28,16 @@ def digits():
 def natural_cnn(digits):
     x_train, x_test, y_train, y_test = digits
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10),
-    ])
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x_train, y_train, epochs=5, batch_size=64, verbose=0)
 
     def model_fn(x):
@@ -63,7 +63,9 @@ def test_losses_match_numpy():
     np.testing.assert_allclose(common.dlr(logits, y), -(z_y - other) / (s[:, 0] - s[:, 2]), rtol=1e-6)
     np.testing.assert_allclose(
         common.dlr_targeted(logits, y, target),
-        -(z_y - logits[rows, target]) / (s[:, 0] - 0.5 * (s[:, 2] + s[:, 3])), rtol=1e-6)
+        -(z_y - logits[rows, target]) / (s[:, 0] - 0.5 * (s[:, 2] + s[:, 3])),
+        rtol=1e-6,
+    )
     np.testing.assert_array_equal(common.ranked_class(logits, 2), [2, 4])
 
 
@@ -79,8 +81,20 @@ def test_apgd_checkpoints_follow_the_published_recursion():
 
 
 def test_square_p_schedule_is_the_reference_one():
-    expected = {0: 0.8, 10: 0.8, 11: 0.4, 50: 0.4, 51: 0.2, 201: 0.1, 501: 0.05, 1001: 0.025,
-                2001: 0.0125, 4001: 0.00625, 6001: 0.003125, 8001: 0.0015625}
+    expected = {
+        0: 0.8,
+        10: 0.8,
+        11: 0.4,
+        50: 0.4,
+        51: 0.2,
+        201: 0.1,
+        501: 0.05,
+        1001: 0.025,
+        2001: 0.0125,
+        4001: 0.00625,
+        6001: 0.003125,
+        8001: 0.0015625,
+    }
     for it, p in expected.items():
         assert float(square.p_schedule(it, p_init=0.8, queries=10000)) == pytest.approx(p)
     # Rescaled, 5000 queries walk through the 10000-query schedule twice as fast: 1000 -> 2000.
@@ -106,9 +120,14 @@ def test_fab_projection_is_the_linf_minimal_step_onto_the_hyperplane(reachable):
         # Reference: min t s.t. |d_j| <= t, <w, p + d> = b, 0 <= p + d <= 1, as a linear program.
         cost = np.r_[np.zeros(d), 1.0]
         a_ub = np.block([[np.eye(d), -np.ones((d, 1))], [-np.eye(d), -np.ones((d, 1))]])
-        lp = linprog(cost, A_ub=a_ub, b_ub=np.zeros(2 * d), A_eq=np.r_[w[i], 0.0][None],
-                     b_eq=[b[i] - w[i] @ p[i]], bounds=[(-p[i, j], 1 - p[i, j]) for j in range(d)]
-                     + [(0, None)])
+        lp = linprog(
+            cost,
+            A_ub=a_ub,
+            b_ub=np.zeros(2 * d),
+            A_eq=np.r_[w[i], 0.0][None],
+            b_eq=[b[i] - w[i] @ p[i]],
+            bounds=[(-p[i, j], 1 - p[i, j]) for j in range(d)] + [(0, None)],
+        )
         assert lp.success == reachable
         if reachable:
             np.testing.assert_allclose(w[i] @ (p[i] + step[i]), b[i], atol=1e-4)
@@ -121,17 +140,13 @@ def test_fab_projection_is_the_linf_minimal_step_onto_the_hyperplane(reachable):
 # -- the attack contract -----------------------------------------------------------------------
 ATTACKS = {
     "fgsm": lambda f, x, y, seed: fgsm.fgsm(f, x, y, eps=EPS),
-    "pgd": lambda f, x, y, seed: pgd.pgd(f, x, y, eps=EPS, steps=3, step_size=0.03, restarts=2,
-                                          seed=seed),
-    "pgd_margin": lambda f, x, y, seed: pgd.pgd(f, x, y, eps=EPS, steps=3, step_size=0.03,
-                                                 loss="margin", seed=seed),
+    "pgd": lambda f, x, y, seed: pgd.pgd(f, x, y, eps=EPS, steps=3, step_size=0.03, restarts=2, seed=seed),
+    "pgd_margin": lambda f, x, y, seed: pgd.pgd(f, x, y, eps=EPS, steps=3, step_size=0.03, loss="margin", seed=seed),
     "mim": lambda f, x, y, seed: pgd.mim(f, x, y, eps=EPS, steps=3, step_size=0.03, seed=seed),
     "apgd_ce": lambda f, x, y, seed: apgd.apgd(f, x, y, eps=EPS, steps=4, seed=seed),
     "apgd_dlr": lambda f, x, y, seed: apgd.apgd(f, x, y, eps=EPS, steps=4, loss="dlr", seed=seed),
-    "apgd_t": lambda f, x, y, seed: apgd.apgd_t(f, x, y, eps=EPS, steps=3, n_target_classes=2,
-                                                seed=seed),
-    "fab_t": lambda f, x, y, seed: fab.fab_t(f, x, y, eps=EPS, steps=3, n_target_classes=1,
-                                             restarts=2, seed=seed),
+    "apgd_t": lambda f, x, y, seed: apgd.apgd_t(f, x, y, eps=EPS, steps=3, n_target_classes=2, seed=seed),
+    "fab_t": lambda f, x, y, seed: fab.fab_t(f, x, y, eps=EPS, steps=3, n_target_classes=1, restarts=2, seed=seed),
     "square": lambda f, x, y, seed: square.square(f, x, y, eps=EPS, queries=20, seed=seed),
 }
 
@@ -207,8 +222,7 @@ def test_standard_settings_are_the_published_ones():
     assert (s.square_queries, s.square_p_init, s.square_rescale_schedule) == (5000, 0.8, False)
 
 
-FAST = autoattack.Settings(apgd_steps=10, apgd_target_classes=3, fab_steps=10, fab_target_classes=3,
-                           square_queries=100)
+FAST = autoattack.Settings(apgd_steps=10, apgd_target_classes=3, fab_steps=10, fab_target_classes=3, square_queries=100)
 
 
 def test_autoattack_is_the_worst_case_of_its_attacks(natural_cnn, digits):
@@ -223,8 +237,9 @@ def test_autoattack_is_the_worst_case_of_its_attacks(natural_cnn, digits):
     np.testing.assert_array_equal(result.robust, predicted == y)
     np.testing.assert_array_equal(result.x_adv[result.robust], x[result.robust])
     # Worst case per point: no single attack leaves fewer points robust.
-    apgd_ce = autoattack.run(natural_cnn, x, y, eps=EPS, attacks=("apgd-ce",), settings=FAST,
-                             batch_size=40, progress=False)
+    apgd_ce = autoattack.run(
+        natural_cnn, x, y, eps=EPS, attacks=("apgd-ce",), settings=FAST, batch_size=40, progress=False
+    )
     assert apgd_ce.accuracy == result.accuracy_after["apgd-ce"]  # same first stage, same seeds
     single = [
         _accuracy(natural_cnn, fgsm.fgsm(natural_cnn, x, y, eps=EPS), y),

@@ -76,3 +76,28 @@ def test_attack_names_match_the_evaluation_suite():
     from frep_tf.config import EVAL_ATTACKS
 
     assert set(EVAL_ATTACKS) == set(evaluate.ATTACKS)
+
+
+CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.cfg")), ids=lambda p: p.name)
+def test_shipped_flagfiles_parse_and_validate(path):
+    from absl import flags as absl_flags
+
+    import flags
+
+    fv = absl_flags.FlagValues()
+    flags.define_all(fv)
+    fv(["main.py", f"--flagfile={path}"])
+    cfg = validate(flags.config_from_flags(fv))
+    assert f"--flagfile=configs/{path.name}" in path.read_text()  # the file names its own command
+    assert cfg.prune.sparsity > 0
+
+
+def test_readme_documents_every_flag():
+    readme = (CONFIG_DIR.parent / "README.md").read_text()
+    from frep_tf.config import SECTIONS
+
+    missing = [f.name for k in SECTIONS.values() for f in dataclasses.fields(k) if f"`--{f.name}`" not in readme]
+    assert not missing, missing

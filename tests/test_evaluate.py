@@ -12,11 +12,18 @@ from frep_tf import evaluate
 from frep_tf.attacks import autoattack, checks, common
 
 EPS = 0.1
-FAST = dict(pgd_steps=10, mim_steps=10, square_queries=100, sweep_samples=48, sweep_steps=10,
-            autoattack_settings=autoattack.Settings(apgd_steps=10, apgd_target_classes=2,
-                                                    fab_steps=10, fab_target_classes=2,
-                                                    square_queries=100),
-            batch_size=64, progress=False)
+FAST = dict(
+    pgd_steps=10,
+    mim_steps=10,
+    square_queries=100,
+    sweep_samples=48,
+    sweep_steps=10,
+    autoattack_settings=autoattack.Settings(
+        apgd_steps=10, apgd_target_classes=2, fab_steps=10, fab_target_classes=2, square_queries=100
+    ),
+    batch_size=64,
+    progress=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +38,17 @@ def digits():
 def cnn(digits):
     x_train, _, y_train, _ = digits
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dropout(0.2),
-        keras.layers.Dense(10),
-    ])
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x_train, y_train, epochs=6, batch_size=64, verbose=0)
     return model
 
@@ -49,7 +57,7 @@ def _tflite(model, path, representative=None):
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if representative is not None:  # full integer: int8 input and output tensors
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([representative[i:i + 1]] for i in range(64))
+        converter.representative_dataset = lambda: ([representative[i : i + 1]] for i in range(64))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
@@ -65,8 +73,7 @@ def _quantize_without_gradient(x):
 def test_report_of_a_natural_model(cnn, digits):
     x, y = digits[1][:96], digits[3][:96]
     attacks = ["clean", "fgsm", "pgd", "mim", "square", "autoattack"]
-    results = evaluate.evaluate_model(lambda v: cnn(v, training=False), x, y, epsilon=EPS,
-                                      attacks=attacks, **FAST)
+    results = evaluate.evaluate_model(lambda v: cnn(v, training=False), x, y, epsilon=EPS, attacks=attacks, **FAST)
     for name in [*attacks, "worst_case"]:
         assert results[name]["samples"] == 96 and results[name]["seconds"] >= 0
         assert 0.0 <= results[name]["accuracy"] <= 1.0
@@ -93,8 +100,7 @@ def test_report_flags_a_gradient_masked_model(cnn, digits):
     def masked(v):
         return cnn(_quantize_without_gradient(v), training=False)
 
-    results = evaluate.evaluate_model(masked, x, y, epsilon=EPS, attacks=["clean", "pgd", "square"],
-                                      **FAST)
+    results = evaluate.evaluate_model(masked, x, y, epsilon=EPS, attacks=["clean", "pgd", "square"], **FAST)
     assert results["square"]["accuracy"] < results["pgd"]["accuracy"] - 0.1
     found = results["sanity"]["checks"]
     assert not results["sanity"]["passed"]
@@ -103,8 +109,7 @@ def test_report_flags_a_gradient_masked_model(cnn, digits):
     table = evaluate.markdown_table(results).splitlines()
     acc = {k: f"{100 * results[k]['accuracy']:.1f}" for k in ("clean", "pgd", "square")}
     assert table[2] == f"| model | {acc['clean']} | - | {acc['pgd']} | - | {acc['square']} | - |"
-    assert any(line.startswith("- sanity check failed, black_box: black box beats white box")
-               for line in table)
+    assert any(line.startswith("- sanity check failed, black_box: black box beats white box") for line in table)
 
 
 def test_randomized_model_and_probability_outputs_are_flagged(cnn, digits):
@@ -131,6 +136,18 @@ def test_checks_on_given_accuracies():
     assert checks.check_square_in_autoattack({**after, "square": 0.45}, samples=100)["passed"]
 
 
+def test_model_code_that_needs_autograph_still_compiles(cnn, digits):
+    x, y = digits[1][:16], digits[3][:16]
+
+    def model_fn(v):
+        if tf.reduce_max(v) > 2.0:  # Python control flow on a tensor: needs autograph in graphs
+            v = v / 2.0
+        return cnn(v, training=False)
+
+    results = evaluate.evaluate_model(model_fn, x, y, epsilon=EPS, attacks="clean,fgsm", sanity=False, progress=False)
+    assert results["fgsm"]["accuracy"] < results["clean"]["accuracy"]
+
+
 def test_bad_arguments_fail_clearly(cnn, digits):
     x, y = digits[1][:4], digits[3][:4]
     with pytest.raises(ValueError, match="attacks must be among"):
@@ -147,17 +164,18 @@ def test_tflite_model_square_and_transfer(cnn, digits, tmp_path):
 
     with pytest.raises(common.NotDifferentiableError, match="transfer_accuracy"):
         evaluate.evaluate_model(tflite, x, y, epsilon=EPS, attacks=["clean", "pgd"])
-    results = evaluate.evaluate_model(tflite, x, y, epsilon=EPS, attacks=["clean", "square"],
-                                      **FAST)
-    keras_results = evaluate.evaluate_model(lambda v: cnn(v, training=False), x, y, epsilon=EPS,
-                                            attacks=["clean", "square"], **FAST)
+    results = evaluate.evaluate_model(tflite, x, y, epsilon=EPS, attacks=["clean", "square"], **FAST)
+    keras_results = evaluate.evaluate_model(
+        lambda v: cnn(v, training=False), x, y, epsilon=EPS, attacks=["clean", "square"], **FAST
+    )
     # Same weights, same seeds: the interpreter must behave like the Keras model.
     assert abs(results["square"]["accuracy"] - keras_results["square"]["accuracy"]) <= 1 / 64
     assert results["square"]["accuracy"] < results["clean"]["accuracy"] - 0.1
     assert results["sanity"]["checks"]["zero_gradients"]["passed"] is None
 
-    transfer = evaluate.transfer_accuracy(lambda v: cnn(v, training=False), tflite, x, y,
-                                          epsilon=EPS, steps=10, progress=False)
+    transfer = evaluate.transfer_accuracy(
+        lambda v: cnn(v, training=False), tflite, x, y, epsilon=EPS, steps=10, progress=False
+    )
     assert transfer["samples"] == 64
     assert abs(transfer["accuracy"] - transfer["source_accuracy"]) <= 1 / 64
     assert transfer["accuracy"] < transfer["clean_accuracy"] - 0.3

@@ -9,5 +9,4 @@ each attacking one batch (e.g. ``pgd.pgd(model_fn, x, y, eps=8/255, steps=50, st
 from frep_tf.attacks import apgd, autoattack, checks, common, fab, fgsm, pgd, square
 from frep_tf.attacks.common import NotDifferentiableError
 
-__all__ = ["NotDifferentiableError", "apgd", "autoattack", "checks", "common", "fab", "fgsm",
-           "pgd", "square"]
+__all__ = ["NotDifferentiableError", "apgd", "autoattack", "checks", "common", "fab", "fgsm", "pgd", "square"]

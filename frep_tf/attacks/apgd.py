@@ -40,13 +40,27 @@ def _single_run(model_fn, x, y, loss_fn, *, eps, steps, rho, seed):
 
     noise = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0)
     # Scaled so that the largest coordinate of the start perturbation is exactly eps.
-    x_adv = tf.clip_by_value(x + eps * noise / as_batch(common.linf_norm(noise) + 1e-12), 0., 1.)
+    x_adv = tf.clip_by_value(x + eps * noise / as_batch(common.linf_norm(noise) + 1e-12), 0.0, 1.0)
     logits, loss, grad = common.value_and_grad(model_fn, x_adv, loss_fn)
     fooled = tf.argmax(logits, axis=-1, output_type=tf.int32) != y
     step = 2.0 * eps * tf.ones_like(loss)
 
-    def body(i, x_adv, x_prev, grad, step, x_best, grad_best, loss_best, loss_prev, n_rises,
-             loss_best_last, reduced_last, x_fooling, fooled):
+    def body(
+        i,
+        x_adv,
+        x_prev,
+        grad,
+        step,
+        x_best,
+        grad_best,
+        loss_best,
+        loss_prev,
+        n_rises,
+        loss_best_last,
+        reduced_last,
+        x_fooling,
+        fooled,
+    ):
         alpha = tf.where(i > 0, 0.75, 1.0)
         z = common.project(x_adv + as_batch(step) * tf.sign(grad), x, eps)
         z = common.project(x_adv + (z - x_adv) * alpha + (x_adv - x_prev) * (1.0 - alpha), x, eps)
@@ -74,11 +88,39 @@ def _single_run(model_fn, x, y, loss_fn, *, eps, steps, rho, seed):
         reduced_last = tf.where(at_checkpoint, oscillating | stalled, reduced_last)
         loss_best_last = tf.where(at_checkpoint, loss_best, loss_best_last)
         n_rises = tf.where(at_checkpoint, tf.zeros_like(n_rises), n_rises)
-        return (i + 1, x_adv, x_prev, grad, step, x_best, grad_best, loss_best, loss_prev,
-                n_rises, loss_best_last, reduced_last, x_fooling, fooled)
+        return (
+            i + 1,
+            x_adv,
+            x_prev,
+            grad,
+            step,
+            x_best,
+            grad_best,
+            loss_best,
+            loss_prev,
+            n_rises,
+            loss_best_last,
+            reduced_last,
+            x_fooling,
+            fooled,
+        )
 
-    init = (tf.constant(0), x_adv, x_adv, grad, step, x_adv, grad, loss, loss,
-            tf.zeros_like(loss), loss, tf.ones_like(fooled), x_adv, fooled)
+    init = (
+        tf.constant(0),
+        x_adv,
+        x_adv,
+        grad,
+        step,
+        x_adv,
+        grad,
+        loss,
+        loss,
+        tf.zeros_like(loss),
+        loss,
+        tf.ones_like(fooled),
+        x_adv,
+        fooled,
+    )
     state = tf.while_loop(lambda i, *_: i < steps, body, init, maximum_iterations=steps)
     x_best, x_fooling, fooled = state[5], state[12], state[13]
     return tf.where(as_batch(fooled), x_fooling, x_best), fooled
@@ -86,13 +128,13 @@ def _single_run(model_fn, x, y, loss_fn, *, eps, steps, rho, seed):
 
 def _with_restarts(model_fn, x, y, loss_fn, *, eps, steps, restarts, rho, seed):
     if steps < 1 or restarts < 1:
-        raise ValueError(f"steps and restarts must be >= 1. Received: steps={steps}, "
-                         f"restarts={restarts}")
+        raise ValueError(f"steps and restarts must be >= 1. Received: steps={steps}, restarts={restarts}")
     seed = common.as_seed(seed)
     x_adv, fooled = x, tf.zeros(tf.shape(y), tf.bool)
     for restart in range(restarts):
-        candidate, success = _single_run(model_fn, x, y, loss_fn, eps=eps, steps=steps, rho=rho,
-                                         seed=common.fold_seed(seed, restart))
+        candidate, success = _single_run(
+            model_fn, x, y, loss_fn, eps=eps, steps=steps, rho=rho, seed=common.fold_seed(seed, restart)
+        )
         x_adv = tf.where(common.broadcast_to_batch(fooled, x), x_adv, candidate)
         fooled = fooled | success
     return x_adv, fooled
@@ -109,34 +151,29 @@ def apgd(model_fn, x, y, *, eps, steps=100, restarts=1, loss="ce", rho=0.75, see
     def loss_fn(logits):
         return common.cross_entropy(logits, y) if loss == "ce" else common.dlr(logits, y)
 
-    return _with_restarts(model_fn, x, y, loss_fn, eps=eps, steps=steps, restarts=restarts,
-                          rho=rho, seed=seed)[0]
+    return _with_restarts(model_fn, x, y, loss_fn, eps=eps, steps=steps, restarts=restarts, rho=rho, seed=seed)[0]
 
 
 def _targeted(model_fn, x, y, target_rank, *, eps, steps, restarts, rho, seed):
     logits = common.logits_of(model_fn, x)
     n_classes = logits.shape[-1]
     if n_classes is not None and n_classes < 4:
-        raise ValueError(f"the targeted DLR loss needs at least 4 classes. Received a model "
-                         f"with {n_classes} outputs")
+        raise ValueError(f"the targeted DLR loss needs at least 4 classes. Received a model with {n_classes} outputs")
     y_target = common.ranked_class(logits, target_rank)
 
     def loss_fn(z):
         return common.dlr_targeted(z, y, y_target)
 
-    return _with_restarts(model_fn, x, y, loss_fn, eps=eps, steps=steps, restarts=restarts,
-                          rho=rho, seed=seed)
+    return _with_restarts(model_fn, x, y, loss_fn, eps=eps, steps=steps, restarts=restarts, rho=rho, seed=seed)
 
 
-def apgd_targeted(model_fn, x, y, *, eps, target_rank=2, steps=100, restarts=1, rho=0.75,
-                  seed=0):
+def apgd_targeted(model_fn, x, y, *, eps, target_rank=2, steps=100, restarts=1, rho=0.75, seed=0):
     """APGD on the targeted DLR loss towards each point's `target_rank`-th most likely class
     on the clean input (2 = runner-up). `target_rank` may be a tensor (one trace for all)."""
     common.require_gradients(model_fn)
     x = tf.convert_to_tensor(x, tf.float32)
     y = tf.cast(y, tf.int32)
-    return _targeted(model_fn, x, y, target_rank, eps=eps, steps=steps, restarts=restarts,
-                     rho=rho, seed=seed)[0]
+    return _targeted(model_fn, x, y, target_rank, eps=eps, steps=steps, restarts=restarts, rho=rho, seed=seed)[0]
 
 
 def apgd_t(model_fn, x, y, *, eps, n_target_classes=9, steps=100, restarts=1, rho=0.75, seed=0):
@@ -152,8 +189,16 @@ def apgd_t(model_fn, x, y, *, eps, n_target_classes=9, steps=100, restarts=1, rh
     for rank in range(2, min(n_target_classes, n_classes - 1) + 2):
         todo = tf.where(~fooled)[:, 0]
         candidate, success = _targeted(
-            model_fn, tf.gather(x, todo), tf.gather(y, todo), rank, eps=eps, steps=steps,
-            restarts=restarts, rho=rho, seed=common.fold_seed(seed, rank))
+            model_fn,
+            tf.gather(x, todo),
+            tf.gather(y, todo),
+            rank,
+            eps=eps,
+            steps=steps,
+            restarts=restarts,
+            rho=rho,
+            seed=common.fold_seed(seed, rank),
+        )
         hit = tf.boolean_mask(todo, success)[:, None]
         x_adv = tf.tensor_scatter_nd_update(x_adv, hit, tf.boolean_mask(candidate, success))
         fooled = tf.tensor_scatter_nd_update(fooled, hit, tf.ones(tf.shape(hit)[:1], tf.bool))

@@ -60,23 +60,49 @@ def _stages(model_fn, eps, settings, n_classes):
     s = settings
 
     def apgd_ce(x, y, seed):
-        return apgd.apgd(model_fn, x, y, eps=eps, steps=s.apgd_steps, restarts=s.apgd_restarts,
-                         loss="ce", rho=s.apgd_rho, seed=seed)
+        return apgd.apgd(
+            model_fn, x, y, eps=eps, steps=s.apgd_steps, restarts=s.apgd_restarts, loss="ce", rho=s.apgd_rho, seed=seed
+        )
 
     def apgd_t(x, y, seed, rank):
-        return apgd.apgd_targeted(model_fn, x, y, eps=eps, target_rank=rank,
-                                  steps=s.apgd_steps, restarts=s.apgd_restarts, rho=s.apgd_rho,
-                                  seed=seed)
+        return apgd.apgd_targeted(
+            model_fn,
+            x,
+            y,
+            eps=eps,
+            target_rank=rank,
+            steps=s.apgd_steps,
+            restarts=s.apgd_restarts,
+            rho=s.apgd_rho,
+            seed=seed,
+        )
 
     def fab_t(x, y, seed, rank):
-        return fab.fab_targeted(model_fn, x, y, eps=eps, target_rank=rank, steps=s.fab_steps,
-                                restarts=s.fab_restarts, alpha_max=s.fab_alpha_max,
-                                eta=s.fab_eta, beta=s.fab_beta, seed=seed)
+        return fab.fab_targeted(
+            model_fn,
+            x,
+            y,
+            eps=eps,
+            target_rank=rank,
+            steps=s.fab_steps,
+            restarts=s.fab_restarts,
+            alpha_max=s.fab_alpha_max,
+            eta=s.fab_eta,
+            beta=s.fab_beta,
+            seed=seed,
+        )
 
     def square_(x, y, seed):
-        return square.square(model_fn, x, y, eps=eps, queries=s.square_queries,
-                             p_init=s.square_p_init, rescale_schedule=s.square_rescale_schedule,
-                             seed=seed)
+        return square.square(
+            model_fn,
+            x,
+            y,
+            eps=eps,
+            queries=s.square_queries,
+            p_init=s.square_p_init,
+            rescale_schedule=s.square_rescale_schedule,
+            seed=seed,
+        )
 
     rank_spec = (tf.TensorSpec((), tf.int32),)
 
@@ -92,8 +118,19 @@ def _stages(model_fn, eps, settings, n_classes):
     }
 
 
-def run(model_fn, x, y, *, eps, attacks=ATTACKS, settings=STANDARD, batch_size=250, seed=0,
-        progress=True, clean_correct=None):
+def run(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    attacks=ATTACKS,
+    settings=STANDARD,
+    batch_size=250,
+    seed=0,
+    progress=True,
+    clean_correct=None,
+):
     """Runs `attacks` in sequence on the still-robust points -> Result (numpy arrays).
 
     clean_correct: whether each clean input is classified correctly, if already known."""
@@ -124,8 +161,16 @@ def run(model_fn, x, y, *, eps, attacks=ATTACKS, settings=STANDARD, batch_size=2
                 break
             desc = name if len(passes) == 1 else f"{name} {n + 1}/{len(passes)}"
             adv, correct = common.run_batched(
-                compiled, x[todo], y[todo], batch_size=batch_size, seed=seed,
-                stream=16 * stage + n, extra=extra, desc=desc, progress=progress)
+                compiled,
+                x[todo],
+                y[todo],
+                batch_size=batch_size,
+                seed=seed,
+                stream=16 * stage + n,
+                extra=extra,
+                desc=desc,
+                progress=progress,
+            )
             x_adv[todo[~correct]] = adv[~correct]
             robust[todo[~correct]] = False
         accuracy_after[name] = float(np.mean(robust)) if len(y) else 0.0
@@ -135,5 +180,6 @@ def run(model_fn, x, y, *, eps, attacks=ATTACKS, settings=STANDARD, batch_size=2
 
 def standard(model_fn, x, y, *, eps, batch_size=250, seed=0, progress=True):
     """AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square with the published settings."""
-    return run(model_fn, x, y, eps=eps, attacks=ATTACKS, settings=STANDARD,
-               batch_size=batch_size, seed=seed, progress=progress)
+    return run(
+        model_fn, x, y, eps=eps, attacks=ATTACKS, settings=STANDARD, batch_size=batch_size, seed=seed, progress=progress
+    )

@@ -30,12 +30,15 @@ def check_order(accuracies, *, tol=0.0):
     present = [(k, accuracies[k]) for k in ORDER if k in accuracies]
     if len(present) < 2:
         return _result(None, "fewer than two of " + ", ".join(ORDER) + " were run")
-    broken = [f"{a} {va:.2%} > {b} {vb:.2%}"
-              for (a, va), (b, vb) in zip(present, present[1:], strict=False) if va > vb + tol]
+    broken = [
+        f"{a} {va:.2%} > {b} {vb:.2%}" for (a, va), (b, vb) in zip(present, present[1:], strict=False) if va > vb + tol
+    ]
     chain = " <= ".join(f"{k} {v:.2%}" for k, v in present)
     if broken:
-        return _result(False, "stronger attack left more points robust: " + "; ".join(broken)
-                       + " (gradient masking or a broken attack)")
+        return _result(
+            False,
+            "stronger attack left more points robust: " + "; ".join(broken) + " (gradient masking or a broken attack)",
+        )
     return _result(True, chain)
 
 
@@ -45,15 +48,16 @@ def check_eps_sweep(eps_values, accuracies, *, final_max=0.05, tol=0.02):
     if len(pairs) < 2:
         return _result(None, "needs at least two eps values")
     listing = ", ".join(f"{e:.4g}: {a:.2%}" for e, a in pairs)
-    rises = [f"{e1:.4g} -> {e2:.4g}" for (e1, a1), (e2, a2) in zip(pairs, pairs[1:], strict=False)
-             if a2 > a1 + tol]
+    rises = [f"{e1:.4g} -> {e2:.4g}" for (e1, a1), (e2, a2) in zip(pairs, pairs[1:], strict=False) if a2 > a1 + tol]
     details = {"eps": [e for e, _ in pairs], "accuracy": [a for _, a in pairs]}
     if rises:
-        return _result(False, f"accuracy rises with eps ({', '.join(rises)}): {listing}",
-                       **details)
+        return _result(False, f"accuracy rises with eps ({', '.join(rises)}): {listing}", **details)
     if pairs[-1][1] > final_max:
-        return _result(False, f"accuracy stays above {final_max:.0%} at eps {pairs[-1][0]:.4g} "
-                       f"(gradient masking?): {listing}", **details)
+        return _result(
+            False,
+            f"accuracy stays above {final_max:.0%} at eps {pairs[-1][0]:.4g} (gradient masking?): {listing}",
+            **details,
+        )
     return _result(True, listing, **details)
 
 
@@ -70,8 +74,11 @@ def check_black_box(accuracies, *, samples, black_box="square", tol=0.002, min_p
     gap = white[best] - accuracies[black_box]
     text = f"{black_box} {accuracies[black_box]:.2%} vs {best} {white[best]:.2%}"
     if _gap_is_real(gap, samples, tol, min_points):
-        return _result(False, f"black box beats white box: {text}; gradients are masked or "
-                       "the white-box attacks are too weak", gap=gap)
+        return _result(
+            False,
+            f"black box beats white box: {text}; gradients are masked or the white-box attacks are too weak",
+            gap=gap,
+        )
     return _result(True, text, gap=gap)
 
 
@@ -102,8 +109,12 @@ def check_zero_gradients(model_fn, x, y):
     zero = (common.linf_norm(grad) == 0).numpy()
     fraction = float(np.mean(zero)) if zero.size else 0.0
     if zero.any():
-        return _result(False, f"{int(zero.sum())} of {zero.size} points have an all-zero input "
-                       "gradient: gradient attacks cannot move them", zero_fraction=fraction)
+        return _result(
+            False,
+            f"{int(zero.sum())} of {zero.size} points have an all-zero input "
+            "gradient: gradient attacks cannot move them",
+            zero_fraction=fraction,
+        )
     return _result(True, f"no zero gradients on {zero.size} points", zero_fraction=fraction)
 
 
@@ -114,8 +125,12 @@ def check_deterministic(model_fn, x, *, repeats=3, rtol=1e-5):
     scale = max(1.0, float(np.max(np.abs(outputs[0])))) if outputs[0].size else 1.0
     diff = max(float(np.max(np.abs(o - outputs[0]))) if o.size else 0.0 for o in outputs[1:])
     if diff > rtol * scale:
-        return _result(False, f"logits change between identical calls (max difference {diff:.3g})"
-                       ": randomized model, robust accuracies are not reliable", max_diff=diff)
+        return _result(
+            False,
+            f"logits change between identical calls (max difference {diff:.3g})"
+            ": randomized model, robust accuracies are not reliable",
+            max_diff=diff,
+        )
     return _result(True, f"identical logits over {repeats} calls", max_diff=diff)
 
 
@@ -124,8 +139,7 @@ def check_logits(model_fn, x, *, atol=1e-5):
     out = np.asarray(common.logits_of(model_fn, tf.convert_to_tensor(np.asarray(x, np.float32))))
     if out.size == 0:
         return _result(None, "no inputs")
-    looks_like_probabilities = (out.min() > -atol and out.max() < 1 + atol
-                                and np.allclose(out.sum(-1), 1.0, atol=atol))
+    looks_like_probabilities = out.min() > -atol and out.max() < 1 + atol and np.allclose(out.sum(-1), 1.0, atol=atol)
     if looks_like_probabilities:
         return _result(False, "the model outputs probabilities, not logits")
     return _result(True, "outputs are logits")
@@ -140,5 +154,4 @@ def check_perturbation(max_perturbation, eps):
     # float32 rounding of x +- eps may overshoot by an ulp.
     if max_perturbation[worst] > eps + 1e-6:
         return _result(False, f"{worst} perturbed by {max_perturbation[worst]:.6g} > eps {eps:.6g}")
-    return _result(True, f"largest L-inf perturbation {max_perturbation[worst]:.6g} "
-                   f"({worst}) <= eps {eps:.6g}")
+    return _result(True, f"largest L-inf perturbation {max_perturbation[worst]:.6g} ({worst}) <= eps {eps:.6g}")

@@ -178,8 +178,7 @@ class _Predict:
         return predict(self.model_fn, x)
 
 
-def run_batched(batch_fn, x, y, *, batch_size, seed=0, stream=0, extra=(), desc=None,
-                progress=True):
+def run_batched(batch_fn, x, y, *, batch_size, seed=0, stream=0, extra=(), desc=None, progress=True):
     """Runs a `compile_batch_fn` function over a dataset -> (x_adv, still_correct), numpy.
 
     Batch i gets the seed (seed, stream * 2**20 + i): deterministic, and distinct per call site.
@@ -206,7 +205,7 @@ def predictor(model_fn, x_shape):
         x = np.asarray(x, np.float32)
         out = np.zeros([len(x)], np.int32)
         for start in range(0, len(x), batch_size):
-            out[start:start + batch_size] = np.asarray(compiled(x[start:start + batch_size]))
+            out[start : start + batch_size] = np.asarray(compiled(x[start : start + batch_size]))
         return out
 
     return predict_classes

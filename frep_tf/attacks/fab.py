@@ -58,14 +58,12 @@ def _single_run(model_fn, x, y, y_target, x_start, *, steps, alpha_max, eta, bet
             tape.watch(x1)
             logits = common.logits_of(model_fn, x1)
             # Positive once the target class beats the true one.
-            f = (tf.gather(logits, y_target, axis=1, batch_dims=1)
-                 - tf.gather(logits, y, axis=1, batch_dims=1))
+            f = tf.gather(logits, y_target, axis=1, batch_dims=1) - tf.gather(logits, y, axis=1, batch_dims=1)
         w = tf.reshape(common.input_gradient(tape, f, x1), [batch, -1])
         x1_flat = tf.reshape(x1, [batch, -1])
         # Linearized boundary f(x1) + <w, z - x1> = 0, i.e. <w, z> = <w, x1> - f(x1).
         b = tf.reduce_sum(w * x1_flat, axis=1) - f
-        d = project_linf_hyperplane(tf.concat([x1_flat, x0], 0), tf.concat([w, w], 0),
-                                    tf.concat([b, b], 0))
+        d = project_linf_hyperplane(tf.concat([x1_flat, x0], 0), tf.concat([w, w], 0), tf.concat([b, b], 0))
         d1 = tf.reshape(d[:batch], tf.shape(x))
         d2 = tf.reshape(d[batch:], tf.shape(x))
         a1 = tf.maximum(common.linf_norm(d1), 1e-8)
@@ -90,8 +88,7 @@ def _single_run(model_fn, x, y, y_target, x_start, *, steps, alpha_max, eta, bet
 def _targeted(model_fn, x, y, target_rank, *, eps, steps, restarts, alpha_max, eta, beta, seed):
     """-> (x_adv, fooled) for one target rank."""
     if steps < 1 or restarts < 1:
-        raise ValueError(f"steps and restarts must be >= 1. Received: steps={steps}, "
-                         f"restarts={restarts}")
+        raise ValueError(f"steps and restarts must be >= 1. Received: steps={steps}, restarts={restarts}")
     logits = common.logits_of(model_fn, x)
     correct = tf.argmax(logits, axis=-1, output_type=tf.int32) == y
     y_target = common.ranked_class(logits, target_rank)
@@ -100,11 +97,10 @@ def _targeted(model_fn, x, y, target_rank, *, eps, steps, restarts, alpha_max, e
     for restart in range(restarts):
         x_start = x
         if restart > 0:  # the reference starts the first run at x, later ones at random
-            t = tf.random.stateless_uniform(tf.shape(x), common.fold_seed(seed, restart), -1., 1.)
+            t = tf.random.stateless_uniform(tf.shape(x), common.fold_seed(seed, restart), -1.0, 1.0)
             t = t / common.broadcast_to_batch(common.linf_norm(t) + 1e-12, x)
             x_start = tf.clip_by_value(x + 0.5 * eps * t, 0.0, 1.0)
-        adv, dist = _single_run(model_fn, x, y, y_target, x_start, steps=steps,
-                                alpha_max=alpha_max, eta=eta, beta=beta)
+        adv, dist = _single_run(model_fn, x, y, y_target, x_start, steps=steps, alpha_max=alpha_max, eta=eta, beta=beta)
         closer = dist < best_dist
         best = tf.where(common.broadcast_to_batch(closer, x), adv, best)
         best_dist = tf.where(closer, dist, best_dist)
@@ -113,19 +109,30 @@ def _targeted(model_fn, x, y, target_rank, *, eps, steps, restarts, alpha_max, e
     return x_adv, fooled | ~correct
 
 
-def fab_targeted(model_fn, x, y, *, eps, target_rank=2, steps=100, restarts=1, alpha_max=0.1,
-                 eta=1.05, beta=0.9, seed=0):
+def fab_targeted(
+    model_fn, x, y, *, eps, target_rank=2, steps=100, restarts=1, alpha_max=0.1, eta=1.05, beta=0.9, seed=0
+):
     """FAB towards each point's `target_rank`-th most likely clean class (2 = runner-up).
     Returns the minimal adversarial example where it is within eps, else x."""
     common.require_gradients(model_fn)
     x = tf.convert_to_tensor(x, tf.float32)
     y = tf.cast(y, tf.int32)
-    return _targeted(model_fn, x, y, target_rank, eps=eps, steps=steps, restarts=restarts,
-                     alpha_max=alpha_max, eta=eta, beta=beta, seed=seed)[0]
+    return _targeted(
+        model_fn,
+        x,
+        y,
+        target_rank,
+        eps=eps,
+        steps=steps,
+        restarts=restarts,
+        alpha_max=alpha_max,
+        eta=eta,
+        beta=beta,
+        seed=seed,
+    )[0]
 
 
-def fab_t(model_fn, x, y, *, eps, n_target_classes=9, steps=100, restarts=1, alpha_max=0.1,
-          eta=1.05, beta=0.9, seed=0):
+def fab_t(model_fn, x, y, *, eps, n_target_classes=9, steps=100, restarts=1, alpha_max=0.1, eta=1.05, beta=0.9, seed=0):
     """FAB-T: `fab_targeted` towards the 2nd, 3rd, ... most likely classes in turn, each run
     only on the points no earlier target has fooled."""
     common.require_gradients(model_fn)
@@ -138,9 +145,18 @@ def fab_t(model_fn, x, y, *, eps, n_target_classes=9, steps=100, restarts=1, alp
     for rank in range(2, min(n_target_classes, n_classes - 1) + 2):
         todo = tf.where(~fooled)[:, 0]
         candidate, success = _targeted(
-            model_fn, tf.gather(x, todo), tf.gather(y, todo), rank, eps=eps, steps=steps,
-            restarts=restarts, alpha_max=alpha_max, eta=eta, beta=beta,
-            seed=common.fold_seed(seed, rank))
+            model_fn,
+            tf.gather(x, todo),
+            tf.gather(y, todo),
+            rank,
+            eps=eps,
+            steps=steps,
+            restarts=restarts,
+            alpha_max=alpha_max,
+            eta=eta,
+            beta=beta,
+            seed=common.fold_seed(seed, rank),
+        )
         hit = tf.boolean_mask(todo, success)[:, None]
         x_adv = tf.tensor_scatter_nd_update(x_adv, hit, tf.boolean_mask(candidate, success))
         fooled = tf.tensor_scatter_nd_update(fooled, hit, tf.ones(tf.shape(hit)[:1], tf.bool))

@@ -22,13 +22,11 @@ def _loss_fn(loss, y):
 
 def _check_args(eps, steps, step_size, restarts):
     if steps < 1 or restarts < 1:
-        raise ValueError(f"steps and restarts must be >= 1. Received: steps={steps}, "
-                         f"restarts={restarts}")
+        raise ValueError(f"steps and restarts must be >= 1. Received: steps={steps}, restarts={restarts}")
     # eps and step_size may be tensors (one trace for an eps sweep); those go unchecked.
     numbers = all(isinstance(v, (int, float)) for v in (eps, step_size))
     if numbers and (eps < 0 or step_size <= 0):
-        raise ValueError(f"eps must be >= 0 and step_size > 0. Received: eps={eps}, "
-                         f"step_size={step_size}")
+        raise ValueError(f"eps must be >= 0 and step_size > 0. Received: eps={eps}, step_size={step_size}")
 
 
 def _single_run(model_fn, x, y, x_start, *, eps, steps, step_size, loss_fn, decay):
@@ -50,8 +48,7 @@ def _single_run(model_fn, x, y, x_start, *, eps, steps, step_size, loss_fn, deca
         return i + 1, x_adv, momentum, best, fooled
 
     init = (tf.constant(0), x_start, tf.zeros_like(x), x_start, tf.zeros(tf.shape(y), tf.bool))
-    _, x_last, _, best, fooled = tf.while_loop(
-        lambda i, *_: i < steps, body, init, maximum_iterations=steps)
+    _, x_last, _, best, fooled = tf.while_loop(lambda i, *_: i < steps, body, init, maximum_iterations=steps)
     # The last iterate has not been looked at yet.
     wrong = common.predict(model_fn, x_last) != y
     best = tf.where(common.broadcast_to_batch(wrong & ~fooled, x), x_last, best)
@@ -70,28 +67,46 @@ def _attack(model_fn, x, y, *, eps, steps, step_size, random_start, restarts, lo
     for restart in range(restarts):
         x_start = x
         if random_start:
-            noise = tf.random.stateless_uniform(
-                tf.shape(x), common.fold_seed(seed, restart), -eps, eps)
+            noise = tf.random.stateless_uniform(tf.shape(x), common.fold_seed(seed, restart), -eps, eps)
             x_start = common.project(x + noise, x, eps)
-        candidate, success = _single_run(model_fn, x, y, x_start, eps=eps, steps=steps,
-                                         step_size=step_size, loss_fn=loss_fn, decay=decay)
+        candidate, success = _single_run(
+            model_fn, x, y, x_start, eps=eps, steps=steps, step_size=step_size, loss_fn=loss_fn, decay=decay
+        )
         # An earlier restart's success is kept; otherwise the newest run is returned.
         x_adv = tf.where(common.broadcast_to_batch(fooled, x), x_adv, candidate)
         fooled = fooled | success
     return x_adv
 
 
-def pgd(model_fn, x, y, *, eps, steps, step_size, random_start=True, restarts=1, loss="ce",
-        seed=0):
+def pgd(model_fn, x, y, *, eps, steps, step_size, random_start=True, restarts=1, loss="ce", seed=0):
     """L-inf PGD with uniform random start and restarts; loss "ce" or "margin"."""
-    return _attack(model_fn, x, y, eps=eps, steps=steps, step_size=step_size,
-                   random_start=random_start, restarts=restarts, loss=loss, seed=seed,
-                   decay=None)
+    return _attack(
+        model_fn,
+        x,
+        y,
+        eps=eps,
+        steps=steps,
+        step_size=step_size,
+        random_start=random_start,
+        restarts=restarts,
+        loss=loss,
+        seed=seed,
+        decay=None,
+    )
 
 
-def mim(model_fn, x, y, *, eps, steps, step_size, decay=1.0, random_start=False, restarts=1,
-        loss="ce", seed=0):
+def mim(model_fn, x, y, *, eps, steps, step_size, decay=1.0, random_start=False, restarts=1, loss="ce", seed=0):
     """Momentum iterative method: sign of an L1-normalized gradient accumulated with `decay`."""
-    return _attack(model_fn, x, y, eps=eps, steps=steps, step_size=step_size,
-                   random_start=random_start, restarts=restarts, loss=loss, seed=seed,
-                   decay=decay)
+    return _attack(
+        model_fn,
+        x,
+        y,
+        eps=eps,
+        steps=steps,
+        step_size=step_size,
+        random_start=random_start,
+        restarts=restarts,
+        loss=loss,
+        seed=seed,
+        decay=decay,
+    )

@@ -41,8 +41,7 @@ def square(model_fn, x, y, *, eps, queries=5000, p_init=0.8, rescale_schedule=Fa
     AutoAttack standard uses queries=5000, p_init=0.8, rescale_schedule=False.
     """
     if queries < 1 or not 0.0 < p_init <= 1.0:
-        raise ValueError(f"queries must be >= 1 and p_init in (0, 1]. Received: "
-                         f"queries={queries}, p_init={p_init}")
+        raise ValueError(f"queries must be >= 1 and p_init in (0, 1]. Received: queries={queries}, p_init={p_init}")
     x = tf.convert_to_tensor(x, tf.float32)
     y = tf.cast(y, tf.int32)
     seed = common.as_seed(seed)
@@ -83,24 +82,26 @@ def square(model_fn, x, y, *, eps, queries=5000, p_init=0.8, rescale_schedule=Fa
         seeds = tf.random.experimental.stateless_split(step_seed, 3)
         top = tf.random.stateless_uniform([n], seeds[0], 0, height - side + 1, tf.int32)
         left = tf.random.stateless_uniform([n], seeds[1], 0, width - side + 1, tf.int32)
-        window = ((rows >= top[:, None, None, None]) & (rows < (top + side)[:, None, None, None])
-                  & (cols >= left[:, None, None, None])
-                  & (cols < (left + side)[:, None, None, None]))
+        window = (
+            (rows >= top[:, None, None, None])
+            & (rows < (top + side)[:, None, None, None])
+            & (cols >= left[:, None, None, None])
+            & (cols < (left + side)[:, None, None, None])
+        )
         flip = tf.sign(tf.random.stateless_uniform([n, 1, 1, channels], seeds[2], -1.0, 1.0))
         proposal = tf.where(window, x_curr + 2.0 * eps * flip, x_curr)
         proposal = common.project(proposal, x_clean, eps)
         margin_new = margin_of(proposal, tf.gather(y, todo))
         better = margin_new < tf.gather(margin_best, todo)
         idx = todo[:, None]
-        x_best = tf.tensor_scatter_nd_update(
-            x_best, idx, tf.where(better[:, None, None, None], proposal, x_curr))
+        x_best = tf.tensor_scatter_nd_update(x_best, idx, tf.where(better[:, None, None, None], proposal, x_curr))
         margin_best = tf.tensor_scatter_nd_update(
-            margin_best, idx, tf.minimum(margin_new, tf.gather(margin_best, todo)))
+            margin_best, idx, tf.minimum(margin_new, tf.gather(margin_best, todo))
+        )
         return i + 1, x_best, margin_best
 
     def running(i, x_best, margin_best):
         return (i < queries) & tf.reduce_any(margin_best >= 0)
 
-    _, x_best, _ = tf.while_loop(running, body, (tf.constant(0), x_best, margin_best),
-                                 maximum_iterations=queries)
+    _, x_best, _ = tf.while_loop(running, body, (tf.constant(0), x_best, margin_best), maximum_iterations=queries)
     return tf.reshape(x_best, shape)
