@@ -97,7 +97,11 @@ class EvalConfig:
     eval_samples: int = _f(0, "test examples attacked; 0 = the full test split")
     val_pgd_steps: int = _f(10, "PGD steps of the per-epoch validation robustness (TensorBoard)")
     val_samples: int = _f(512, "validation examples attacked each epoch")
-    model: str = _f("", "--mode=evaluate: path of a .keras file or SavedModel directory")
+    model: str = _f("", "--mode=evaluate: a .keras file, SavedModel directory or .tflite file")
+    transfer_from: str = _f(
+        "", "--mode=evaluate on a .tflite model: float model (.keras / SavedModel) to craft transfer PGD on"
+    )
+    eval_tflite: bool = _f(True, "train mode: also evaluate the exported sparse TFLite model (clean + transfer PGD)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,20 +239,38 @@ def validate(cfg: Config) -> Config:
             end = p.prune_end_epoch or (p.prune_epoch + t.epochs) // 2
             if not p.prune_epoch < end <= t.epochs:
                 raise _bad("prune_end_epoch", p.prune_end_epoch, f"must lie in ({p.prune_epoch}, {t.epochs}]")
+    attacks = cfg.attacks
+    if not attacks or any(a not in EVAL_ATTACKS for a in attacks):
+        raise _bad("eval_attacks", ev.eval_attacks, f"a comma-separated subset of {', '.join(EVAL_ATTACKS)}")
     for flag, value in [("eval_pgd_steps", ev.eval_pgd_steps), ("val_pgd_steps", ev.val_pgd_steps)]:
         if value < 1:
             raise _bad(flag, value, "must be a positive integer")
     for flag, value in [("eval_samples", ev.eval_samples), ("val_samples", ev.val_samples)]:
         if value < 0:
             raise _bad(flag, value, "must be >= 0 (0 = all)")
-    attacks = cfg.attacks
-    if not attacks or any(a not in EVAL_ATTACKS for a in attacks):
-        raise _bad("eval_attacks", ev.eval_attacks, f"a comma-separated subset of {', '.join(EVAL_ATTACKS)}")
     formats = cfg.export_formats
     if any(f not in EXPORT_FORMATS for f in formats):
         raise _bad("export", r.export, f"a comma-separated subset of {', '.join(EXPORT_FORMATS)} (or empty)")
     if r.mode == "evaluate" and not ev.model:
-        raise _bad("model", "''", "--mode=evaluate needs --model=PATH (a .keras file or SavedModel directory)")
+        raise _bad(
+            "model", "''", "--mode=evaluate needs --model=PATH (a .keras file, SavedModel directory or .tflite file)"
+        )
+    if r.mode == "evaluate" and ev.model.endswith(".tflite"):
+        gradient = [a for a in attacks if a not in ("clean", "square")]
+        if gradient:
+            raise _bad(
+                "eval_attacks",
+                ev.eval_attacks,
+                f"{', '.join(gradient)} need gradients, which a .tflite model has not: use clean, square "
+                "(and --transfer_from=FLOAT_MODEL for transfer PGD)",
+            )
+    import os
+
+    for flag, path in (("model", ev.model if r.mode == "evaluate" else ""), ("transfer_from", ev.transfer_from)):
+        if path and not os.path.exists(path):
+            raise _bad(flag, path, "no such file or directory")
+    if ev.transfer_from and not ev.model.endswith(".tflite"):
+        raise _bad("transfer_from", ev.transfer_from, "only with --mode=evaluate --model=FILE.tflite")
     if r.mode == "train" and not r.workdir.strip():
         raise _bad("workdir", "''", "name an output directory")
     if r.verbose not in (-1, 0, 1, 2):

@@ -203,6 +203,29 @@ def evaluate_classifier(model_fn, x, y, cfg: Config):
     )
 
 
+def evaluate_tflite(path, source_model_fn, x, y, cfg: Config, num_classes: int) -> dict:
+    """The deployed TFLite file: clean accuracy, and PGD examples crafted on the float model (transfer)."""
+    from frep_tf import evaluate
+    from frep_tf.model_io import load_classifier
+
+    n = cfg.eval.eval_samples
+    if n:
+        x, y = x[:n], y[:n]
+    target = load_classifier(path, input_shape=x.shape[1:], num_classes=num_classes)
+    result = evaluate.transfer_accuracy(
+        source_model_fn,
+        target,
+        x,
+        y,
+        epsilon=cfg.train.epsilon,
+        steps=cfg.eval.eval_pgd_steps,
+        batch_size=cfg.data.eval_batch_size,
+        seed=cfg.run.seed,
+        progress=_verbose(cfg) == 1,
+    )
+    return {"path": os.path.relpath(path, cfg.run.workdir or "."), "transfer_pgd": result}
+
+
 def run(cfg: Config) -> dict:
     from frep_tf import data
 
@@ -246,6 +269,7 @@ def run_train(cfg: Config) -> dict:
             epochs=cfg.train.epochs,
             validation_data=splits.val,
             callbacks=callbacks,
+            shuffle=False,  # the data pipeline shuffles, seeded
             verbose=_verbose(cfg),
         )
     final = model.ensemble if model.ensemble is not None else fuse(model.network)
@@ -267,6 +291,10 @@ def run_train(cfg: Config) -> dict:
         else:
             model_fn = lambda x: final(x, training=False)  # noqa: E731
         evaluation = evaluate_classifier(model_fn, x_test, y_test, cfg)
+        tflite_evaluation = None
+        if cfg.eval.eval_tflite and "tflite_sparse" in cfg.export_formats:
+            tflite_path = os.path.join(export_dir, export_lib.FILENAMES["tflite_sparse"])
+            tflite_evaluation = evaluate_tflite(tflite_path, model_fn, x_test, y_test, cfg, info.num_classes)
     sparsity = kernel_sparsity(final)
     trainable_training = int(sum(np.prod(v.shape) for v in model.network.trainable_weights))
     results = {
@@ -287,6 +315,7 @@ def run_train(cfg: Config) -> dict:
         },
         "sparsity": {"kernels": sparsity["kernels"], "all_parameters": sparsity["all_parameters"]},
         "evaluation": evaluation,
+        "evaluation_tflite": tflite_evaluation,
         "exports": [
             {
                 "format": r.format,
@@ -312,6 +341,7 @@ def run_train(cfg: Config) -> dict:
 
 
 def run_evaluate(cfg: Config) -> dict:
+    from frep_tf import evaluate
     from frep_tf.model_io import load_classifier
 
     stages = Stages()
@@ -325,6 +355,21 @@ def run_evaluate(cfg: Config) -> dict:
         model_fn = load_classifier(cfg.eval.model, input_shape=info.image_shape, num_classes=info.num_classes)
     with stages("evaluate"):
         evaluation = evaluate_classifier(model_fn, x_test, y_test, cfg)
+        if cfg.eval.transfer_from:
+            source = load_classifier(
+                cfg.eval.transfer_from, input_shape=info.image_shape, num_classes=info.num_classes, flag="transfer_from"
+            )
+            evaluation["transfer_pgd"] = evaluate.transfer_accuracy(
+                source,
+                model_fn,
+                x_test[: cfg.eval.eval_samples or None],
+                y_test[: cfg.eval.eval_samples or None],
+                epsilon=cfg.train.epsilon,
+                steps=cfg.eval.eval_pgd_steps,
+                batch_size=cfg.data.eval_batch_size,
+                seed=cfg.run.seed,
+                progress=_verbose(cfg) == 1,
+            )
     results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "mode": "evaluate",
@@ -381,6 +426,13 @@ def summary_table(results: dict) -> str:
         lines.append(
             f"sparsity: {100 * s['kernels']:.2f} % of kernel weights, {100 * s['all_parameters']:.2f} % of all "
             f"parameters; {p['deployed_nonzero']:,} of {p['deployed']:,} parameters non-zero"
+        )
+    tfl = results.get("evaluation_tflite") or {}
+    if "transfer_pgd" in tfl:
+        t = tfl["transfer_pgd"]
+        lines.append(
+            f"{tfl['path']}: clean {100 * t['clean_accuracy']:.1f} %, under PGD transferred from the Keras model "
+            f"{100 * t['accuracy']:.1f} %"
         )
     for e in results.get("exports", []):
         lines.append(f"export: {e['path']} ({e['bytes']:,} bytes, max |diff| vs Keras {e['max_abs_diff']:.2g})")

@@ -57,6 +57,10 @@ def test_quickstart_writes_every_output(quickstart_run):
     for stage in ("data", "build", "train", "export", "evaluate", "total"):
         assert results["timings"][stage] >= 0
     assert results["model"]["evaluated"] == "ensemble" and results["model"]["evaluated_path"] == "export/model.keras"
+    tfl = results["evaluation_tflite"]["transfer_pgd"]
+    assert tfl["samples"] == 360 and tfl["accuracy"] <= tfl["clean_accuracy"]
+    # The deployed sparse TFLite model computes what the Keras model does: same clean accuracy.
+    assert abs(tfl["clean_accuracy"] - ev["clean"]["accuracy"]) < 0.01
     assert "| clean | fgsm | pgd |" in proc.stdout
 
 
@@ -86,6 +90,26 @@ def test_evaluate_mode_on_the_exported_model(quickstart_run, tmp_path):
     assert results["mode"] == "evaluate" and results["evaluation"]["clean"]["samples"] == 360
 
 
+def test_evaluate_mode_on_the_sparse_tflite_file(quickstart_run, tmp_path):
+    workdir, _ = quickstart_run
+    export = workdir / "export"
+    proc = run_main(
+        "--mode=evaluate",
+        f"--model={export / 'model_sparse.tflite'}",
+        f"--transfer_from={export / 'model.keras'}",
+        "--dataset=digits",
+        "--epsilon=0.1",
+        "--eval_attacks=clean",
+        "--eval_pgd_steps=5",
+        "--eval_samples=64",
+        f"--workdir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ev = json.loads((tmp_path / "results.json").read_text())["evaluation"]
+    assert ev["clean"]["samples"] == 64
+    assert ev["transfer_pgd"]["accuracy"] <= ev["transfer_pgd"]["clean_accuracy"]
+
+
 @pytest.mark.parametrize(
     "args,flag",
     [
@@ -96,6 +120,8 @@ def test_evaluate_mode_on_the_exported_model(quickstart_run, tmp_path):
         (["--epsilon=abc"], "--epsilon"),
         (["--no_such_flag=1"], "no_such_flag"),
         (["positional"], "unexpected argument"),
+        (["--mode=evaluate", "--model=m.tflite", "--eval_attacks=clean,pgd"], "--eval_attacks=clean,pgd"),
+        (["--mode=evaluate", "--model=/no/such/model.keras"], "--model=/no/such/model.keras: no such file"),
     ],
 )
 def test_bad_flags_stop_before_any_work(args, flag, tmp_path):
