@@ -64,6 +64,31 @@ def test_quickstart_writes_every_output(quickstart_run):
     assert "| clean | fgsm | pgd |" in proc.stdout
 
 
+def test_tensorboard_gets_the_frep_summaries(quickstart_run):
+    import tensorflow as tf
+
+    workdir, _ = quickstart_run
+    tags = set()
+    for root, _, files in os.walk(workdir / "tb"):
+        for name in files:
+            if name.startswith("events.out"):
+                for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                    tags.update(v.tag for v in event.summary.value)
+    expected = {
+        "val_pgd_acc",
+        "val_ensemble_pgd_acc",
+        "ensemble_delta",
+        "sparsity",
+        "learning_rate",
+        "ensemble_interval",
+        "epoch_loss",
+        "epoch_clean_acc",
+        "epoch_adv_acc",
+    }
+    assert expected <= tags, expected - tags
+    assert any(t.startswith("fused_kernel/") for t in tags)
+
+
 def test_exported_kernels_really_are_sparse(quickstart_run):
     import keras
 
