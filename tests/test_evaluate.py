@@ -136,15 +136,21 @@ def test_checks_on_given_accuracies():
     assert checks.check_square_in_autoattack({**after, "square": 0.45}, samples=100)["passed"]
 
 
-def test_model_code_that_needs_autograph_still_compiles(cnn, digits):
-    x, y = digits[1][:16], digits[3][:16]
+class _BranchingModel:
+    def __init__(self, model):
+        self.model = model
 
-    def model_fn(v):
+    def __call__(self, v):
         if tf.reduce_max(v) > 2.0:  # Python control flow on a tensor: needs autograph in graphs
             v = v / 2.0
-        return cnn(v, training=False)
+        return self.model(v, training=False)
 
-    results = evaluate.evaluate_model(model_fn, x, y, epsilon=EPS, attacks="clean,fgsm", sanity=False, progress=False)
+
+def test_model_code_that_needs_autograph_still_compiles(cnn, digits):
+    x, y = digits[1][:16], digits[3][:16]
+    results = evaluate.evaluate_model(
+        _BranchingModel(cnn), x, y, epsilon=EPS, attacks="clean,fgsm", sanity=False, progress=False
+    )
     assert results["fgsm"]["accuracy"] < results["clean"]["accuracy"]
 
 
