@@ -34,7 +34,10 @@ VARIANTS = {
     "frep": dict(objective="sre", parameterization="hadamard"),
     "frep_plain": dict(objective="sre", parameterization="plain"),
     "pgd10": dict(objective="pgd", parameterization="plain"),
+    # Opt-in (--variants=...,frep_bneval): BatchNorm in inference mode while the perturbation is made.
+    "frep_bneval": dict(objective="sre", parameterization="hadamard", attack_bn="eval"),
 }
+DEFAULT_VARIANTS = ("natural", "frep", "frep_plain", "pgd10")
 
 
 def build(name, args, shape):
@@ -47,7 +50,13 @@ def build(name, args, shape):
     net = build_model(args.arch, input_shape=shape, parameterization=spec["parameterization"])
     # Ensemble off: its update is a callback every 100 steps, not part of the step.
     model = RobustModel(
-        net, objective=spec["objective"], epsilon=8 / 255, pgd_steps=10, weight_decay=2e-4, ensemble=False
+        net,
+        objective=spec["objective"],
+        epsilon=8 / 255,
+        pgd_steps=10,
+        weight_decay=2e-4,
+        ensemble=False,
+        attack_bn=spec.get("attack_bn", "train"),
     )
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=args.jit_compile)
     return model
@@ -85,7 +94,7 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"from {', '.join(VARIANTS)}")
     parser.add_argument("--jit_compile", action="store_true", help="XLA (measured slower on CPU)")
     parser.add_argument("--no_memory", action="store_true", help="skip the per-variant memory children")
     parser.add_argument("--json", default=None, help="write {natural_ms, frep_ms, frep_plain_ms, pgd10_ms, ...}")
