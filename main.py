@@ -4,8 +4,13 @@
     python main.py --arch=resnet18 --sparsity=0.99 --workdir=runs/r18_s99
     python main.py --mode=evaluate --model=runs/r18_s99/export/model.keras --dataset=cifar10
 
-Parses flags, validates them into a frozen Config (bad values stop here with one line and exit
-status 2), then runs frep_tf.pipeline.
+Parses flags, validates them into a frozen Config, then runs frep_tf.pipeline. The same command
+again resumes an interrupted run, or prints the results of a finished one.
+
+Exit status: 0 done (or already done); 2 bad input: a flag, flag combination, dataset, model file,
+workdir or checkpoint that cannot be used, reported as one line starting with "error:" before
+anything is written to the workdir; 3 the run failed: training diverged (NaN/Inf loss; the last
+good checkpoint is kept) or an export did not reproduce the model.
 """
 
 from __future__ import annotations
@@ -24,16 +29,22 @@ flags.define_all(absl_flags.FLAGS)
 absl_flags.adopt_module_key_flags(flags.define_module())  # so `--help` lists every setting
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 3
+
+
+def _fail(message: str, status: int = EXIT_BAD_INPUT) -> None:
+    one_line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    print(f"error: {one_line}", file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 def _parse(argv):
     try:
         return absl_flags.FLAGS(argv)
     except absl_flags.Error as exc:
-        _fail(str(exc).splitlines()[0])
+        # absl prefixes some messages (a missing --flagfile) with "ERROR::".
+        _fail(str(exc).splitlines()[0].removeprefix("ERROR::").strip())
 
 
 def main(argv) -> None:
@@ -54,6 +65,17 @@ def main(argv) -> None:
         pipeline.run(cfg)
     except (ConfigError, DatasetError, ModelFileError) as exc:
         _fail(str(exc))
+    except Exception as exc:
+        # These live in modules that import TensorFlow, and are only raised once the pipeline has.
+        from frep_tf.export import ExportError
+        from frep_tf.training.checkpoint import CheckpointError
+        from frep_tf.training.guards import NonFiniteLossError
+
+        if isinstance(exc, CheckpointError):
+            _fail(str(exc))
+        if isinstance(exc, (NonFiniteLossError, ExportError)):
+            _fail(str(exc), EXIT_RUN_FAILED)
+        raise
 
 
 if __name__ == "__main__":

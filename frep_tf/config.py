@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 from typing import Any
 
 OBJECTIVES = ("sre", "fgsm", "pgd", "trades", "mart", "natural")
@@ -65,7 +67,9 @@ class TrainConfig:
     pgd_steps: int = _f(10, "attack steps for the pgd / trades / mart objectives")
     pgd_step_size: float = _f(2 / 255, "step size of those multi-step attacks")
     trades_beta: float = _f(6.0, "TRADES / MART regularisation weight")
-    attack_bn: str = _f("train", "BatchNorm mode while the training perturbation is computed", choices=ATTACK_BN_MODES)
+    attack_bn: str = _f(
+        "eval", "BatchNorm mode while the training perturbation is computed (README: measured)", choices=ATTACK_BN_MODES
+    )
     epochs: int = _f(100, "training epochs (paper: 100)")
     lr: float = _f(0.1, "initial learning rate, divided by 10 at 70 % and 85 % of training (paper)")
     momentum: float = _f(0.9, "SGD momentum (paper)")
@@ -114,6 +118,11 @@ class RunConfig:
     distribution: str = _f("none", "tf.distribute strategy", choices=DISTRIBUTIONS)
     jit_compile: bool = _f(False, "XLA for the train step (measured slower on CPU; try it on GPU)")
     verbose: int = _f(-1, "Keras progress output: -1 auto (bar on a terminal, a line per epoch otherwise), 0, 1, 2")
+    overwrite: bool = _f(
+        False,
+        "start afresh in a --workdir that holds an earlier run (its config.json, checkpoint/, tb/, export/ and "
+        "results.json are deleted); without it an interrupted run resumes and a finished one prints its results",
+    )
 
 
 SECTIONS = {
@@ -192,6 +201,9 @@ def validate(cfg: Config) -> Config:
             ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
             if not ok or (expected is not bool and isinstance(value, bool)):
                 raise _bad(field.name, value, f"must be of type {expected.__name__}")
+            # absl parses "nan" and "inf" as floats; NaN passes every `x < 0` style check below.
+            if expected is float and not math.isfinite(value):
+                raise _bad(field.name, value, "must be a finite number")
     d, t, e, p, ev, r = cfg.data, cfg.train, cfg.ensemble, cfg.prune, cfg.eval, cfg.run
     if not d.dataset.strip():
         raise _bad("dataset", "''", "name a dataset (digits, synthetic, cifar10, ...)")
@@ -239,6 +251,8 @@ def validate(cfg: Config) -> Config:
             end = p.prune_end_epoch or (p.prune_epoch + t.epochs) // 2
             if not p.prune_epoch < end <= t.epochs:
                 raise _bad("prune_end_epoch", p.prune_end_epoch, f"must lie in ({p.prune_epoch}, {t.epochs}]")
+        elif p.prune_end_epoch:
+            raise _bad("prune_end_epoch", p.prune_end_epoch, "only with --prune_schedule=gradual (oneshot prunes once)")
     attacks = cfg.attacks
     if not attacks or any(a not in EVAL_ATTACKS for a in attacks):
         raise _bad("eval_attacks", ev.eval_attacks, f"a comma-separated subset of {', '.join(EVAL_ATTACKS)}")
@@ -264,17 +278,36 @@ def validate(cfg: Config) -> Config:
                 f"{', '.join(gradient)} need gradients, which a .tflite model has not: use clean, square "
                 "(and --transfer_from=FLOAT_MODEL for transfer PGD)",
             )
-    import os
-
     for flag, path in (("model", ev.model if r.mode == "evaluate" else ""), ("transfer_from", ev.transfer_from)):
         if path and not os.path.exists(path):
             raise _bad(flag, path, "no such file or directory")
     if ev.transfer_from and not ev.model.endswith(".tflite"):
         raise _bad("transfer_from", ev.transfer_from, "only with --mode=evaluate --model=FILE.tflite")
+    if ev.transfer_from.endswith(".tflite"):
+        raise _bad(
+            "transfer_from", ev.transfer_from, "must be a float model (.keras or SavedModel): PGD needs gradients"
+        )
+    if r.mode == "train" and ev.model:
+        raise _bad("model", ev.model, "only with --mode=evaluate (train mode exports its own model)")
     if r.mode == "train" and not r.workdir.strip():
         raise _bad("workdir", "''", "name an output directory")
+    if r.workdir:
+        _check_workdir(r.workdir)
     if r.verbose not in (-1, 0, 1, 2):
         raise _bad("verbose", r.verbose, "allowed values are -1, 0, 1, 2")
     if r.seed < 0:
         raise _bad("seed", r.seed, "must be >= 0")
     return cfg
+
+
+def _check_workdir(workdir: str) -> None:
+    """The work directory must be a directory we can create or write into (checked before any work)."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise _bad("workdir", workdir, "exists and is not a directory")
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise _bad("workdir", workdir, f"cannot be created: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _bad("workdir", workdir, f"cannot be written: no write permission in {existing}")

@@ -2,9 +2,15 @@
 
     cfg = validate(Config(...)); results = run(cfg)
 
-Outputs under `cfg.run.workdir`: config.json (resolved), tb/ (TensorBoard), export/ (the fused
-ensemble in every requested format), results.json (schema in README.md). The library never reads
-absl flags; main.py turns them into a Config.
+Outputs under `cfg.run.workdir`: config.json (resolved), checkpoint/ (the newest epoch, while the run
+is unfinished), tb/ (TensorBoard), export/ (the fused ensemble in every requested format),
+results.json (schema in README.md). The library never reads absl flags; main.py turns them into a
+Config.
+
+Runs survive kills (DESIGN §9): the same command on the same workdir resumes from the newest
+checkpoint, or prints the stored results of a finished run (frep_tf.resume). Nothing is written to
+the workdir until data and model are built and the checkpoint (if any) is restored, so bad input
+never leaves anything behind; every file is written atomically (temporary name, then rename).
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import time
 
 import numpy as np
 
+from frep_tf import kill_points, resume
 from frep_tf.config import Config, ConfigError, validate
-from frep_tf.io_utils import write_json_atomic
+from frep_tf.io_utils import fsync_dir, remove, write_json_atomic
 
 RESULTS_SCHEMA_VERSION = 1
 
@@ -101,14 +108,21 @@ def build_robust_model(cfg: Config, info, steps_per_epoch: int):
     from frep_tf.training.robust_model import RobustModel
 
     m, t = cfg.model, cfg.train
-    network = build_model(
-        m.arch,
-        num_classes=info.num_classes,
-        input_shape=info.image_shape,
-        parameterization=m.parameterization,
-        factor_init=m.factor_init,
-        width=m.width,
-    )
+    try:
+        network = build_model(
+            m.arch,
+            num_classes=info.num_classes,
+            input_shape=info.image_shape,
+            parameterization=m.parameterization,
+            factor_init=m.factor_init,
+            width=m.width,
+        )
+    except ValueError as exc:  # e.g. vgg16's five poolings on 8x8 digits
+        shape = "x".join(map(str, info.image_shape))
+        raise ConfigError(
+            f"--arch={m.arch}: cannot be built for the {shape} images of {info.name} ({_keras_reason(exc)}); "
+            "choose an architecture for smaller images (small_cnn) or resize them (--image_size)"
+        ) from exc
     model = RobustModel(
         network,
         objective=t.objective,
@@ -132,6 +146,19 @@ def build_robust_model(cfg: Config, info, steps_per_epoch: int):
     return model, decay_steps
 
 
+def _keras_reason(exc: Exception, limit: int = 160) -> str:
+    """The gist of a Keras layer error on one line: no colour codes, no call-site boilerplate."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    text = text.split("Arguments received by", 1)[0]
+    layer = re.search(r"Exception encountered when calling (\w+)", text)
+    text = re.sub(r"Exception encountered when calling [\w.]+\(\)\.", "", text)
+    text = " ".join(text.split())
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{layer.group(1)}: {text}" if layer else text
+
+
 def lr_decay_steps(epochs: int, steps_per_epoch: int) -> tuple[int, int]:
     """The learning rate is divided by 10 at 70 % and 85 % of the epochs (paper: epochs 70 and 85)."""
     return (round(0.7 * epochs) * steps_per_epoch, round(0.85 * epochs) * steps_per_epoch)
@@ -140,11 +167,13 @@ def lr_decay_steps(epochs: int, steps_per_epoch: int) -> tuple[int, int]:
 def make_callbacks(cfg: Config, model, splits, decay_steps, steps_per_epoch, workdir):
     import keras
 
+    from frep_tf.training.checkpoint import EpochCheckpoint
     from frep_tf.training.ensemble import TemporalEnsemble
+    from frep_tf.training.guards import StopOnNonFiniteLoss
     from frep_tf.training.monitor import EpochMonitor
     from frep_tf.training.pruning import GlobalPruning, make_schedule
 
-    callbacks = []
+    callbacks = [StopOnNonFiniteLoss()]
     ensemble_cb = None
     if cfg.ensemble.ensemble:
         e = cfg.ensemble
@@ -159,6 +188,8 @@ def make_callbacks(cfg: Config, model, splits, decay_steps, steps_per_epoch, wor
         schedule = make_schedule(p.prune_schedule, p.sparsity, begin, end_epoch * steps_per_epoch, steps_per_epoch)
         restart = cfg.ensemble.ensemble_restart and p.prune_schedule == "oneshot"
         callbacks.append(GlobalPruning(schedule, structured=p.structured, restart_ensemble=restart))
+        if kill_points.enabled():
+            callbacks.append(_after_prune_kill_point())
     x_val, y_val = _arrays(splits.val, cfg.eval.val_samples)
     tb_dir = os.path.join(workdir, "tb")
     callbacks.append(
@@ -174,7 +205,25 @@ def make_callbacks(cfg: Config, model, splits, decay_steps, steps_per_epoch, wor
         )
     )
     callbacks.append(keras.callbacks.TensorBoard(log_dir=tb_dir, update_freq="epoch", write_graph=False))
+    # Last: it stores the epoch once every other callback is done with it.
+    callbacks.append(EpochCheckpoint(os.path.join(workdir, resume.CHECKPOINT_DIR)))
     return callbacks
+
+
+def _after_prune_kill_point():
+    """Test hook (frep_tf.kill_points): the kill point right after the one-shot prune."""
+    import keras
+
+    class AfterPrune(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self._pruned = bool(self.model.pruned.numpy())
+
+        def on_train_batch_begin(self, batch, logs=None):  # runs after GlobalPruning's
+            if not self._pruned and bool(self.model.pruned.numpy()):
+                self._pruned = True
+                kill_points.kill_point("pruned")
+
+    return AfterPrune()
 
 
 def _verbose(cfg: Config) -> int:
@@ -230,6 +279,23 @@ def run(cfg: Config) -> dict:
     from frep_tf import data
 
     validate(cfg)
+    # Read-only: refuses a workdir made with other settings, and finds a finished run.
+    state = resume.inspect(cfg, schema_version=RESULTS_SCHEMA_VERSION)
+    if state.finished:
+        resume.tidy_finished(cfg.run.workdir)
+        print(
+            f"[frep_tf] {cfg.run.workdir} holds a finished run with these settings: its stored results "
+            "(--overwrite starts afresh)",
+            flush=True,
+        )
+        print(summary_table(state.results))
+        return state.results
+    if cfg.run.mode == "evaluate":
+        from frep_tf.model_io import check_model_path
+
+        check_model_path(cfg.eval.model, flag="model")
+        if cfg.eval.transfer_from:
+            check_model_path(cfg.eval.transfer_from, flag="transfer_from")
     # Missing data is found before TensorFlow starts (seconds, not tfds's minutes of retries).
     data.check_available(
         cfg.data.dataset, data_dir=cfg.data.data_dir or None, download=cfg.data.download, svhn_extra=cfg.data.svhn_extra
@@ -239,15 +305,32 @@ def run(cfg: Config) -> dict:
     return run_train(cfg)
 
 
+def _restore(model, workdir: str):
+    """The newest checkpoint, restored into `model`; None if there is none. Raises CheckpointError."""
+    from frep_tf.training import checkpoint
+
+    path = checkpoint.latest(os.path.join(workdir, resume.CHECKPOINT_DIR))
+    if path is None:
+        return None
+    try:
+        return checkpoint.restore(model, path)
+    except checkpoint.CheckpointError as exc:
+        raise checkpoint.CheckpointError(
+            f"--workdir={workdir}: {resume.CHECKPOINT_DIR}/{exc}; delete {resume.CHECKPOINT_DIR}/ to retrain "
+            "from the start, or use --overwrite"
+        ) from None
+
+
 def run_train(cfg: Config) -> dict:
     from frep_tf import export as export_lib
     from frep_tf.fuse import fuse
     from frep_tf.model_io import load_classifier
+    from frep_tf.training.checkpoint import EpochCheckpoint
+    from frep_tf.training.guards import NonFiniteLossError
     from frep_tf.training.pruning import kernel_sparsity
 
     workdir = cfg.run.workdir
-    os.makedirs(workdir, exist_ok=True)
-    write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
+    checkpoint_dir = os.path.join(workdir, resume.CHECKPOINT_DIR)
     stages = Stages()
     with stages("setup"):
         strategy = _setup_tf(cfg)
@@ -262,23 +345,54 @@ def run_train(cfg: Config) -> dict:
             )
     with stages("build"), strategy.scope():
         model, decay_steps = build_robust_model(cfg, info, steps_per_epoch)
+        # Built now rather than at the first step, so a checkpoint can fill its variables (and so
+        # fresh and resumed runs take the same path).
+        model.optimizer.build(model.trainable_variables)
+        restored = None if cfg.run.overwrite else _restore(model, workdir)
         callbacks = make_callbacks(cfg, model, splits, decay_steps, steps_per_epoch, workdir)
+    # Every check has passed: from here on the workdir is written.
+    resume.prepare(cfg)
+    initial_epoch = restored.epoch if restored else 0
+    last_logs = restored.logs if restored else {}
     with stages("train"):
-        history = model.fit(
-            splits.train,
-            epochs=cfg.train.epochs,
-            validation_data=splits.val,
-            callbacks=callbacks,
-            shuffle=False,  # the data pipeline shuffles, seeded
-            verbose=_verbose(cfg),
-        )
+        if restored:
+            print(
+                f"[frep_tf] resuming from {os.path.relpath(restored.path, workdir)}: "
+                f"{initial_epoch} of {cfg.train.epochs} epochs done",
+                flush=True,
+            )
+        if initial_epoch < cfg.train.epochs:
+            try:
+                model.fit(
+                    splits.train_from(initial_epoch),
+                    epochs=cfg.train.epochs,
+                    initial_epoch=initial_epoch,
+                    steps_per_epoch=steps_per_epoch,
+                    validation_data=splits.val,
+                    callbacks=callbacks,
+                    shuffle=False,  # the data pipeline shuffles, as a function of (seed, epoch)
+                    verbose=_verbose(cfg),
+                )
+            except NonFiniteLossError as exc:
+                from frep_tf.training import checkpoint
+
+                kept = checkpoint.latest(checkpoint_dir)
+                where = (
+                    f"the last good checkpoint, {kept}, is kept"
+                    if kept
+                    else "no epoch had finished, so there is no checkpoint"
+                )
+                raise NonFiniteLossError(
+                    f"{exc}; {where}. Try a lower --lr (with --overwrite or another --workdir)"
+                ) from None
+            last_logs = next(cb for cb in callbacks if isinstance(cb, EpochCheckpoint)).last_logs
     final = model.ensemble if model.ensemble is not None else fuse(model.network)
     x_test, y_test = _arrays(splits.test)
-    export_dir = os.path.join(workdir, "export")
+    export_dir = os.path.join(workdir, resume.EXPORT_DIR)
     records = []
     with stages("export"):
         if cfg.export_formats:
-            records = export_lib.export_model(final, export_dir, formats=cfg.export_formats, check_inputs=x_test[:64])
+            records = export_atomically(final, workdir, cfg.export_formats, x_test[:64])
     with stages("evaluate"):
         # Robust accuracy is measured on the exported model, reloaded from disk.
         evaluated = None
@@ -331,13 +445,41 @@ def run_train(cfg: Config) -> dict:
             "steps": int(model.optimizer.iterations.numpy()),
             "steps_per_epoch": steps_per_epoch,
             "ensemble_updates": int(model.ensemble_updates.numpy()),
-            "final_epoch": {k: float(v[-1]) for k, v in history.history.items()},
+            # The last epoch's logs, as its checkpoint recorded them: the same whether that epoch
+            # ran in this process or before a kill.
+            "final_epoch": last_logs,
         },
         "timings": stages.seconds | {"total": stages.total()},
     }
-    write_json_atomic(os.path.join(workdir, "results.json"), results)
+    write_json_atomic(os.path.join(workdir, resume.RESULTS_FILE), results)
+    kill_points.kill_point("results")
+    # The run is finished (results.json is what says so): its training state is no longer needed.
+    remove(checkpoint_dir)
     print(summary_table(results))
     return results
+
+
+def export_atomically(model, workdir: str, formats, check_inputs) -> list:
+    """Export into a staging directory, then swap it in as export/: export/ is the complete set of a
+    run's exports or absent, never a mix of two attempts (a resumed run exports again)."""
+    import dataclasses
+
+    from frep_tf import export as export_lib
+
+    staging = os.path.join(workdir, resume.EXPORT_STAGING)
+    previous = os.path.join(workdir, resume.EXPORT_PREVIOUS)
+    final = os.path.join(workdir, resume.EXPORT_DIR)
+    remove(staging)
+    records = export_lib.export_model(model, staging, formats=formats, check_inputs=check_inputs)
+    fsync_dir(staging)
+    kill_points.kill_point("export")
+    remove(previous)
+    if os.path.exists(final):
+        os.replace(final, previous)
+    os.replace(staging, final)
+    fsync_dir(workdir)
+    remove(previous)
+    return [dataclasses.replace(r, path=os.path.join(final, os.path.relpath(r.path, staging))) for r in records]
 
 
 def run_evaluate(cfg: Config) -> dict:
@@ -353,12 +495,14 @@ def run_evaluate(cfg: Config) -> dict:
         x_test, y_test = _arrays(splits.test)
     with stages("load"):
         model_fn = load_classifier(cfg.eval.model, input_shape=info.image_shape, num_classes=info.num_classes)
-    with stages("evaluate"):
-        evaluation = evaluate_classifier(model_fn, x_test, y_test, cfg)
+        source = None
         if cfg.eval.transfer_from:
             source = load_classifier(
                 cfg.eval.transfer_from, input_shape=info.image_shape, num_classes=info.num_classes, flag="transfer_from"
             )
+    with stages("evaluate"):
+        evaluation = evaluate_classifier(model_fn, x_test, y_test, cfg)
+        if source is not None:
             evaluation["transfer_pgd"] = evaluate.transfer_accuracy(
                 source,
                 model_fn,
@@ -379,7 +523,9 @@ def run_evaluate(cfg: Config) -> dict:
         "timings": stages.seconds | {"total": stages.total()},
     }
     if cfg.run.workdir:
-        write_json_atomic(os.path.join(cfg.run.workdir, "results.json"), results)
+        # Nothing is written before the evaluation is done: a bad model file leaves no trace.
+        resume.prepare(cfg)
+        write_json_atomic(os.path.join(cfg.run.workdir, resume.RESULTS_FILE), results)
     print(summary_table(results))
     return results
 

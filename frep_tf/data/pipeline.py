@@ -13,6 +13,8 @@ draws new values every epoch. With `deterministic=True` the whole pipeline is re
 for element; with False, parallel batch maps may hand out finished batches out of order (faster when
 batches take uneven time), but each batch's content and augmentation stay the same. The upstream
 (source) part always keeps its order, because the carve-out selects examples by position.
+`Splits.train_from(epoch)`, the endless stream the trainer uses, gives every epoch the same batches
+whichever epoch it starts from, so a resumed run trains on what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -135,19 +137,37 @@ def build_splits(
         return _to_float(images), tf.cast(labels, tf.int32)
 
     buffer = max(MIN_SHUFFLE_BUFFER, SHUFFLE_BUFFER_BYTES // max(example_bytes, 1))
-    train = train_raw.shuffle(min(num_train, buffer), seed=seed, reshuffle_each_iteration=True)
-    train = train.batch(batch_size, drop_remainder=True)
-    if policy == "none":
-        train = train.map(prepare, num_parallel_calls=autotune, deterministic=deterministic)
-    else:
-        # A fresh pair of seeds per batch, different every epoch, same for every run with `seed`.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        train = tf.data.Dataset.zip(train, seeds).map(
-            plain(lambda batch, batch_seeds: prepare(*batch, batch_seeds)),
-            num_parallel_calls=autotune,
-            deterministic=deterministic,
-        )
-    train = train.prefetch(autotune).with_options(options)
+    steps_per_epoch = num_train // batch_size
+
+    def shuffled_batches():
+        # A new dataset each call: a seeded reshuffling shuffle draws its per-epoch orders from a
+        # generator that belongs to the dataset object, so two streams sharing one would interfere.
+        shuffled = train_raw.shuffle(min(num_train, buffer), seed=seed, reshuffle_each_iteration=True)
+        return shuffled.batch(batch_size, drop_remainder=True)
+
+    def finish(batches, seeds):
+        if policy == "none":
+            batches = batches.map(prepare, num_parallel_calls=autotune, deterministic=deterministic)
+        else:
+            batches = tf.data.Dataset.zip(batches, seeds).map(
+                plain(lambda batch, batch_seeds: prepare(*batch, batch_seeds)),
+                num_parallel_calls=autotune,
+                deterministic=deterministic,
+            )
+        return batches.prefetch(autotune).with_options(options)
+
+    # A fresh pair of seeds per batch, different every epoch, same for every run with `seed`.
+    train = finish(shuffled_batches(), tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2))
+
+    def train_from(epoch: int):
+        # Epoch e's order is the e-th of the seeded shuffle's sequence, in every process: skipping
+        # the batches of the epochs before `epoch` regenerates those orders (only shuffling and
+        # batching, no augmentation or float conversion) so a resumed run sees the uninterrupted
+        # run's batches. Augmentation seeds are a function of the batch's index since epoch 0.
+        first = epoch * steps_per_epoch
+        batches = shuffled_batches().repeat().skip(first)
+        seeds = tf.data.Dataset.counter(first).map(plain(lambda i: tf.stack([tf.constant(seed, tf.int64), i])))
+        return finish(batches, seeds)
 
     def evaluation(ds):
         ds = ds.batch(eval_batch_size).map(prepare, num_parallel_calls=autotune)
@@ -168,6 +188,7 @@ def build_splits(
         val=evaluation(val_raw) if num_val else None,
         test=evaluation(test_raw),
         info=info,
+        train_from=train_from,
     )
 
 

@@ -34,6 +34,11 @@ class Splits:
     val: Any  # tf.data.Dataset | None
     test: Any  # tf.data.Dataset
     info: DatasetInfo
+    # train_from(epoch) -> tf.data.Dataset: the training batches of epochs `epoch`, `epoch` + 1, ...
+    # back to back, endless (use with fit(steps_per_epoch=...)). Each epoch's batches are the same
+    # whichever epoch the stream starts from, so a run resumed at epoch k trains on what an
+    # uninterrupted run would have.
+    train_from: Any = None
 
     def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The whole test split as (x float32 NHWC in [0, 1], y int32), in `test` order."""
