@@ -179,27 +179,8 @@ def apgd_targeted(model_fn, x, y, *, eps, target_rank=2, steps=100, restarts=1, 
 def apgd_t(model_fn, x, y, *, eps, n_target_classes=9, steps=100, restarts=1, rho=0.75, seed=0):
     """APGD-T: `apgd_targeted` towards the 2nd, 3rd, ... most likely classes in turn, each run
     only on the points no earlier target has fooled."""
-    common.require_gradients(model_fn)
-    x = tf.convert_to_tensor(x, tf.float32)
-    y = tf.cast(y, tf.int32)
-    seed = common.as_seed(seed)
-    n_classes = common.logits_of(model_fn, x[:1]).shape[-1]
-    x_adv = x
-    fooled = common.predict(model_fn, x) != y
-    for rank in range(2, min(n_target_classes, n_classes - 1) + 2):
-        todo = tf.where(~fooled)[:, 0]
-        candidate, success = _targeted(
-            model_fn,
-            tf.gather(x, todo),
-            tf.gather(y, todo),
-            rank,
-            eps=eps,
-            steps=steps,
-            restarts=restarts,
-            rho=rho,
-            seed=common.fold_seed(seed, rank),
-        )
-        hit = tf.boolean_mask(todo, success)[:, None]
-        x_adv = tf.tensor_scatter_nd_update(x_adv, hit, tf.boolean_mask(candidate, success))
-        fooled = tf.tensor_scatter_nd_update(fooled, hit, tf.ones(tf.shape(hit)[:1], tf.bool))
-    return x_adv
+
+    def run_rank(xs, ys, rank, rank_seed):
+        return _targeted(model_fn, xs, ys, rank, eps=eps, steps=steps, restarts=restarts, rho=rho, seed=rank_seed)
+
+    return common.over_target_classes(model_fn, x, y, n_target_classes=n_target_classes, seed=seed, run_rank=run_rank)

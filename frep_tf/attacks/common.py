@@ -209,3 +209,25 @@ def predictor(model_fn, x_shape):
         return out
 
     return predict_classes
+
+
+def over_target_classes(model_fn, x, y, *, n_target_classes, seed, run_rank):
+    """Run a targeted attack towards the 2nd, 3rd, ... most likely classes in turn, each time only on
+    the points no earlier target has fooled (as APGD-T and FAB-T do in the reference AutoAttack).
+
+    `run_rank(x_sub, y_sub, rank, seed) -> (candidate, success)` attacks one target rank.
+    """
+    require_gradients(model_fn)
+    x = tf.convert_to_tensor(x, tf.float32)
+    y = tf.cast(y, tf.int32)
+    seed = as_seed(seed)
+    n_classes = logits_of(model_fn, x[:1]).shape[-1]
+    x_adv = x
+    fooled = predict(model_fn, x) != y
+    for rank in range(2, min(n_target_classes, n_classes - 1) + 2):
+        todo = tf.where(~fooled)[:, 0]
+        candidate, success = run_rank(tf.gather(x, todo), tf.gather(y, todo), rank, fold_seed(seed, rank))
+        hit = tf.boolean_mask(todo, success)[:, None]
+        x_adv = tf.tensor_scatter_nd_update(x_adv, hit, tf.boolean_mask(candidate, success))
+        fooled = tf.tensor_scatter_nd_update(fooled, hit, tf.ones(tf.shape(hit)[:1], tf.bool))
+    return x_adv

@@ -135,19 +135,12 @@ def fab_targeted(
 def fab_t(model_fn, x, y, *, eps, n_target_classes=9, steps=100, restarts=1, alpha_max=0.1, eta=1.05, beta=0.9, seed=0):
     """FAB-T: `fab_targeted` towards the 2nd, 3rd, ... most likely classes in turn, each run
     only on the points no earlier target has fooled."""
-    common.require_gradients(model_fn)
-    x = tf.convert_to_tensor(x, tf.float32)
-    y = tf.cast(y, tf.int32)
-    seed = common.as_seed(seed)
-    n_classes = common.logits_of(model_fn, x[:1]).shape[-1]
-    x_adv = x
-    fooled = common.predict(model_fn, x) != y
-    for rank in range(2, min(n_target_classes, n_classes - 1) + 2):
-        todo = tf.where(~fooled)[:, 0]
-        candidate, success = _targeted(
+
+    def run_rank(xs, ys, rank, rank_seed):
+        return _targeted(
             model_fn,
-            tf.gather(x, todo),
-            tf.gather(y, todo),
+            xs,
+            ys,
             rank,
             eps=eps,
             steps=steps,
@@ -155,9 +148,7 @@ def fab_t(model_fn, x, y, *, eps, n_target_classes=9, steps=100, restarts=1, alp
             alpha_max=alpha_max,
             eta=eta,
             beta=beta,
-            seed=common.fold_seed(seed, rank),
+            seed=rank_seed,
         )
-        hit = tf.boolean_mask(todo, success)[:, None]
-        x_adv = tf.tensor_scatter_nd_update(x_adv, hit, tf.boolean_mask(candidate, success))
-        fooled = tf.tensor_scatter_nd_update(fooled, hit, tf.ones(tf.shape(hit)[:1], tf.bool))
-    return x_adv
+
+    return common.over_target_classes(model_fn, x, y, n_target_classes=n_target_classes, seed=seed, run_rank=run_rank)
