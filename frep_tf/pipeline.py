@@ -547,18 +547,36 @@ def attack_results(evaluation: dict) -> dict:
     return {k: v for k, v in evaluation.items() if isinstance(v, dict) and "accuracy" in v and k != "worst_case"}
 
 
+# The columns of the FReP paper's Table I; other attacks that ran are appended after them.
+TABLE_I = (
+    ("clean", "Clean"),
+    ("fgsm", "FGSM"),
+    ("pgd", "PGD"),
+    ("mim", "MIM"),
+    ("square", "Square"),
+    ("autoattack", "AA"),
+)
+
+
 def summary_table(results: dict) -> str:
-    """A short Markdown summary: accuracy per attack, sanity, sparsity, exports, time per stage."""
+    """A short Markdown summary: one row shaped like the paper's Table I, sanity, sparsity, exports, time."""
     ev = results["evaluation"]
     attacks = attack_results(ev)
-    accuracies = " | ".join(f"{100 * a['accuracy']:.1f}" for a in attacks.values())
+    columns = list(TABLE_I) + [(k, k) for k in attacks if k not in dict(TABLE_I)]
+    model = results.get("model", {})
+    name = " ".join(str(model[k]) for k in ("arch", "parameterization") if model.get(k)) or os.path.basename(
+        str(model.get("evaluated_path", "model"))
+    )
+    if "sparsity" in results:
+        name += f" ({100 * results['sparsity']['kernels']:.0f} % sparse)"
+    cells = [f"{100 * attacks[k]['accuracy']:.1f}" if k in attacks else "-" for k, _ in columns]
     sanity = ev.get("sanity")
     verdict = "not run" if sanity is None else ("pass" if sanity.get("passed") else "FAIL")
     lines = [
         "",
-        f"| {' | '.join(attacks)} |",
-        f"|{'---:|' * len(attacks)}",
-        f"| {accuracies} |",
+        "| Model | " + " | ".join(title for _, title in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+        f"| {name} | " + " | ".join(cells) + " |",
         "",
         f"accuracy (%) on {next(iter(attacks.values()))['samples']} test examples of {results['dataset']['name']}, "
         f"epsilon {ev['config']['epsilon']:.4g}; sanity checks: {verdict}",

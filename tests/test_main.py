@@ -61,7 +61,8 @@ def test_quickstart_writes_every_output(quickstart_run):
     assert tfl["samples"] == 360 and tfl["accuracy"] <= tfl["clean_accuracy"]
     # The deployed sparse TFLite model computes what the Keras model does: same clean accuracy.
     assert abs(tfl["clean_accuracy"] - ev["clean"]["accuracy"]) < 0.01
-    assert "| clean | fgsm | pgd |" in proc.stdout
+    assert "| Model | Clean | FGSM | PGD | MIM | Square | AA |" in proc.stdout
+    assert "| small_cnn hadamard (99 % sparse) |" in proc.stdout
 
 
 def test_tensorboard_gets_the_frep_summaries(quickstart_run):
