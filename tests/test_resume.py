@@ -354,7 +354,7 @@ def test_the_same_command_on_a_finished_workdir_prints_its_results(reference):
     code, output = _run(workdir)
     assert code == 0, output
     assert time.perf_counter() - t < 60  # no TensorFlow, no training: typically under a second
-    assert "holds a finished run with these settings" in output and "| clean | fgsm | pgd |" in output
+    assert "holds a finished run with these settings" in output and "| Model | Clean | FGSM | PGD |" in output
     assert (workdir / "results.json").stat().st_mtime_ns == before
 
 
