@@ -57,7 +57,14 @@ def _single_attack_fn(name, model_fn, epsilon, s):
         )
     if name == "square":
         return lambda x, y, seed: square.square(
-            model_fn, x, y, eps=epsilon, queries=s["square_queries"], p_init=s["square_p_init"], seed=seed
+            model_fn,
+            x,
+            y,
+            eps=epsilon,
+            queries=s["square_queries"],
+            p_init=s["square_p_init"],
+            rescale_schedule=s["square_rescale_schedule"],
+            seed=seed,
         )
     raise ValueError(name)
 
@@ -79,12 +86,14 @@ def evaluate_model(
     mim_decay=1.0,
     square_queries=5000,
     square_p_init=0.8,
+    square_rescale_schedule=None,
     autoattack_settings=autoattack.STANDARD,
     sanity=True,
     sweep_factors=(1, 2, 4, 8),
     sweep_samples=100,
     sweep_steps=20,
     progress=True,
+    per_point=None,
 ):
     """Robust accuracy of model_fn on (x, y) under each of `attacks` (L-inf, radius epsilon).
 
@@ -92,9 +101,13 @@ def evaluate_model(
     run, "sanity": {"passed", "checks"} (if sanity), "config": the settings used}; "clean" is
     always reported and "autoattack" adds "after": its robust accuracy after each stage. Step
     sizes default to epsilon / 4 (2/255 at 8/255, the usual PGD-50 setting); "autoattack" uses the
-    published standard settings unless autoattack_settings says otherwise. The sanity eps sweep
+    published standard settings unless autoattack_settings says otherwise. Square's window schedule
+    (made for 10000 queries) is stretched to the budget when `square_rescale_schedule` is True; None
+    stretches it for budgets below AutoAttack's 5000 queries (where the unstretched schedule would
+    keep large windows to the end) and keeps it as AutoAttack runs it otherwise. The sanity eps sweep
     runs PGD-`sweep_steps` on the first `sweep_samples` points at epsilon times `sweep_factors`
-    (capped at 0.5).
+    (capped at 0.5). A dict passed as `per_point` receives, per attack, the boolean array of the
+    points still classified correctly (for per-point comparisons with other implementations).
     """
     names = _canonical_attacks(attacks)
     differentiable = getattr(model_fn, "differentiable", True) is not False
@@ -122,6 +135,11 @@ def evaluate_model(
         "mim_step_size": epsilon / 4 if mim_step_size is None else mim_step_size,
         "square_queries": square_queries,
         "square_p_init": square_p_init,
+        "square_rescale_schedule": (
+            square_queries < autoattack.STANDARD.square_queries
+            if square_rescale_schedule is None
+            else bool(square_rescale_schedule)
+        ),
     }
 
     results, max_perturbation = {}, {}
@@ -170,6 +188,10 @@ def evaluate_model(
         results[name] = _entry(correct, time.perf_counter() - start, **extra)
         max_perturbation[name] = float(np.max(np.abs(x_adv - x)))
         worst &= correct
+        if per_point is not None:
+            per_point[name] = correct
+    if per_point is not None:
+        per_point["clean"] = clean_correct
     if len(results) > 1:
         results["worst_case"] = _entry(worst, sum(r["seconds"] for r in results.values()))
 

@@ -1,50 +1,14 @@
 """Attacks: numpy references for losses and the FAB projection, the published schedules, the
 L-inf contract, seeds, and strength on a naturally trained digits CNN."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from scipy.optimize import linprog
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from frep_tf.attacks import apgd, autoattack, common, fab, fgsm, pgd, square
 
 EPS = 0.1
-
-
-@pytest.fixture(scope="module")
-def digits():
-    data = load_digits()
-    images = (data.images / 16.0).astype("float32")[..., None]
-    labels = data.target.astype("int32")
-    _, x_test, _, y_test = split = train_test_split(images, labels, test_size=0.2, random_state=0, stratify=labels)
-    assert x_test.shape == (360, 8, 8, 1)
-    return split
-
-
-@pytest.fixture(scope="module")
-def natural_cnn(digits):
-    x_train, x_test, y_train, y_test = digits
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(10),
-        ]
-    )
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, epochs=5, batch_size=64, verbose=0)
-
-    def model_fn(x):
-        return model(x, training=False)
-
-    assert _accuracy(model_fn, x_test, y_test) > 0.9
-    return model_fn
 
 
 def _accuracy(model_fn, x, y):

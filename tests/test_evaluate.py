@@ -5,8 +5,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from frep_tf import evaluate
 from frep_tf.attacks import autoattack, checks, common
@@ -24,14 +22,6 @@ FAST = dict(
     batch_size=64,
     progress=False,
 )
-
-
-@pytest.fixture(scope="module")
-def digits():
-    data = load_digits()
-    images = (data.images / 16.0).astype("float32")[..., None]
-    labels = data.target.astype("int32")
-    return train_test_split(images, labels, test_size=0.2, random_state=0, stratify=labels)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,116 @@
+"""Our attacks against an independent implementation (IBM's adversarial-robustness-toolbox, ART) on
+the same model: ours must never leave more points robust than theirs at the same budget."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from frep_tf import evaluate
+from frep_tf.attacks import autoattack
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS = 0.05
+N = 120
+
+
+@pytest.fixture(scope="module")
+def art_classifier(natural_cnn):
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    return TensorFlowV2Classifier(
+        model=lambda t, training=False: natural_cnn(t),
+        nb_classes=10,
+        input_shape=(8, 8, 1),
+        loss_object=keras.losses.CategoricalCrossentropy(from_logits=True),
+        clip_values=(0.0, 1.0),
+    )
+
+
+def _art_accuracy(classifier, attack, x, y):
+    np.random.seed(0)
+    x_adv = attack.generate(x, y=np.eye(10, dtype="float32")[y])
+    assert np.abs(x_adv - x).max() <= EPS + 1e-6
+    return float(np.mean(classifier.predict(x_adv).argmax(1) == y))
+
+
+def test_ours_not_weaker_than_art(natural_cnn, art_classifier, digits):
+    from art.attacks import evasion
+
+    x, y = digits[1][:N], digits[3][:N]
+    common = {"norm": np.inf, "eps": EPS, "batch_size": N, "verbose": False}
+    theirs = {
+        "fgsm": _art_accuracy(art_classifier, evasion.FastGradientMethod(art_classifier, eps=EPS), x, y),
+        "pgd": _art_accuracy(
+            art_classifier,
+            evasion.ProjectedGradientDescent(
+                art_classifier, eps_step=EPS / 4, max_iter=20, num_random_init=1, **common
+            ),
+            x,
+            y,
+        ),
+        "apgd-ce": _art_accuracy(
+            art_classifier,
+            evasion.AutoProjectedGradientDescent(
+                art_classifier, eps_step=2 * EPS, max_iter=20, nb_random_init=1, loss_type="cross_entropy", **common
+            ),
+            x,
+            y,
+        ),
+        "square": _art_accuracy(
+            art_classifier, evasion.SquareAttack(art_classifier, max_iter=300, p_init=0.8, **common), x, y
+        ),
+    }
+    ours = evaluate.evaluate_model(
+        natural_cnn,
+        x,
+        y,
+        epsilon=EPS,
+        attacks=("clean", "fgsm", "pgd", "apgd-ce", "square", "autoattack"),
+        pgd_steps=20,
+        square_queries=300,
+        autoattack_settings=autoattack.Settings(
+            apgd_steps=20, apgd_target_classes=3, fab_steps=20, fab_target_classes=3, square_queries=300
+        ),
+        batch_size=N,
+        sanity=False,
+        progress=False,
+    )
+    report = {name: (ours[name]["accuracy"], theirs[name]) for name in theirs}
+    # The attack must have something to do: the clean accuracy is high and PGD lowers it.
+    assert ours["clean"]["accuracy"] > 0.9 and theirs["pgd"] < ours["clean"]["accuracy"] - 0.1, report
+    for name, (mine, art) in report.items():
+        assert mine <= art, f"{name}: ours {mine:.3f} > ART {art:.3f} ({report})"
+    assert ours["autoattack"]["accuracy"] <= min(theirs.values()), report
+
+
+def test_independent_benchmark_end_to_end(natural_cnn, tmp_path):
+    """benchmarks/independent_attacks.py on an exported .keras file, ART only (torch is optional)."""
+    model_path = tmp_path / "model.keras"
+    natural_cnn.keras_model.save(model_path)
+    out = tmp_path / "independent.json"
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "independent_attacks.py"), f"--model={model_path}"]
+    command += [
+        "--libraries=art",
+        "--attacks=fgsm,pgd",
+        "--samples=60",
+        "--epsilon=0.05",
+        "--seeds=0,1",
+        f"--out={out}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["samples"] == 60 and report["seeds"] == [0, 1] and report["headline_passed"]
+    rows = {row["attack"]: row for row in report["rows"]}
+    assert set(rows) == {"fgsm", "pgd"}
+    assert len(rows["pgd"]["ours"]) == 2 and len(rows["pgd"]["art"]) == 2
+    assert report["our_worst_case"] <= min(rows["pgd"]["art"])
+    assert "| pgd |" in done.stdout and "headline: passed" in done.stdout
+
+    bad = subprocess.run([*command[:2], "--model=missing.h5"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--model=missing.h5: expected an existing .keras file" in bad.stderr
