@@ -147,7 +147,7 @@ def evaluate_model(
     clean_correct = common.predictor(model_fn, x.shape)(x, batch_size) == y
     results["clean"] = _entry(clean_correct, time.perf_counter() - start)
     worst = clean_correct.copy()
-    aa_after = None
+    aa_after, square_found = None, None
     for name in names:
         if name == "clean":
             continue
@@ -169,6 +169,7 @@ def evaluate_model(
             x_adv, correct = res.x_adv, res.robust
             if name == "autoattack":
                 aa_after = extra["after"] = res.accuracy_after
+                square_found = res.broken_by.get("square")
                 settings["autoattack"] = dataclasses.asdict(autoattack_settings)
         else:
             fn = _single_attack_fn(name, model_fn, epsilon, settings)
@@ -203,6 +204,7 @@ def evaluate_model(
             clean_correct,
             results,
             aa_after,
+            square_found,
             max_perturbation,
             epsilon=epsilon,
             batch_size=batch_size,
@@ -253,6 +255,7 @@ def _sanity(
     clean_correct,
     results,
     aa_after,
+    square_found,
     max_perturbation,
     *,
     epsilon,
@@ -280,6 +283,16 @@ def _sanity(
         "deterministic": checks.check_deterministic(model_fn, x[head]),
         "logits": checks.check_logits(model_fn, x[head]),
     }
+    if differentiable and square_found is not None:
+        checks.explain_square_finds(
+            found["square_in_autoattack"],
+            model_fn,
+            x[square_found],
+            y[square_found],
+            eps=epsilon,
+            batch_size=batch_size,
+            seed=seed,
+        )
     if differentiable and sweep_factors and sweep_samples > 0 and epsilon > 0:
         eps_values = sorted({min(float(f) * epsilon, SWEEP_MAX_EPS) for f in sweep_factors})
         sub = slice(0, min(n, sweep_samples))

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from frep_tf import evaluate
-from frep_tf.attacks import autoattack, checks, common
+from frep_tf.attacks import autoattack, checks, common, pgd
 
 EPS = 0.1
 FAST = dict(
@@ -100,6 +100,31 @@ def test_report_flags_a_gradient_masked_model(cnn, digits):
     acc = {k: f"{100 * results[k]['accuracy']:.1f}" for k in ("clean", "pgd", "square")}
     assert table[2] == f"| model | {acc['clean']} | - | {acc['pgd']} | - | {acc['square']} | - |"
     assert any(line.startswith("- sanity check failed, black_box: black box beats white box") for line in table)
+
+
+def test_points_only_square_found_are_explained(cnn, digits):
+    """Square finding points the white-box stages missed fails the check either way; APGD with
+    restarts then tells masked gradients (it cannot break them) from a short budget (it can)."""
+    x, y = digits[1][:96], digits[3][:96]
+
+    def masked(v):
+        return cnn(_quantize_without_gradient(v), training=False)
+
+    results = evaluate.evaluate_model(masked, x, y, epsilon=EPS, attacks=["clean", "autoattack"], **FAST)
+    check = results["sanity"]["checks"]["square_in_autoattack"]
+    assert check["passed"] is False and check["square_found"] >= 2, check
+    assert check["white_box_with_restarts_broke"] < check["square_found"]
+    assert "gradients are masked there" in check["message"]
+
+    # On the natural model, points a gradient attack can break stand in for Square's finds.
+    natural = lambda v: cnn(v, training=False)  # noqa: E731
+    breakable = np.argmax(natural(pgd.pgd(natural, x, y, eps=EPS, steps=20, step_size=EPS / 4)), -1) != y
+    assert breakable.sum() >= 10
+    failed = {"passed": False, "message": "Square lowered AutoAttack's robust accuracy"}
+    check = checks.explain_square_finds(failed, natural, x[breakable], y[breakable], eps=EPS, steps=20)
+    assert check["passed"] is False
+    assert check["white_box_with_restarts_broke"] == check["square_found"] == breakable.sum()
+    assert "the gradients are informative there" in check["message"]
 
 
 def test_randomized_model_and_probability_outputs_are_flagged(cnn, digits):

@@ -43,12 +43,14 @@ STANDARD = Settings()
 @dataclasses.dataclass(frozen=True)
 class Result:
     """x_adv: worst-case inputs; robust: per point; accuracy_after: robust accuracy after
-    "clean" and after each attack in turn; seconds: per attack."""
+    "clean" and after each attack in turn; seconds: per attack; broken_by: per attack, the
+    points it was the first to break."""
 
     x_adv: np.ndarray
     robust: np.ndarray
     accuracy_after: dict
     seconds: dict
+    broken_by: dict = dataclasses.field(default_factory=dict)
 
     @property
     def accuracy(self):
@@ -151,8 +153,10 @@ def run(
     x_adv = x.copy()
     accuracy_after = {"clean": float(np.mean(robust)) if len(y) else 0.0}
     seconds = {"clean": time.perf_counter() - start}
+    broken_by = {}
     for stage, name in enumerate(attacks):
         start = time.perf_counter()
+        robust_before = robust.copy()
         fn, extra_specs, passes = stages[name]
         compiled = common.compile_batch_fn(fn, x.shape, extra_specs, model_fn=model_fn)
         for n, extra in enumerate(passes):
@@ -175,7 +179,8 @@ def run(
             robust[todo[~correct]] = False
         accuracy_after[name] = float(np.mean(robust)) if len(y) else 0.0
         seconds[name] = time.perf_counter() - start
-    return Result(x_adv=x_adv, robust=robust, accuracy_after=accuracy_after, seconds=seconds)
+        broken_by[name] = robust_before & ~robust
+    return Result(x_adv=x_adv, robust=robust, accuracy_after=accuracy_after, seconds=seconds, broken_by=broken_by)
 
 
 def standard(model_fn, x, y, *, eps, batch_size=250, seed=0, progress=True):

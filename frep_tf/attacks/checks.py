@@ -8,7 +8,7 @@ None means the check did not apply (e.g. the attacks it compares were not run).
 import numpy as np
 import tensorflow as tf
 
-from frep_tf.attacks import common
+from frep_tf.attacks import apgd, common
 
 # Stronger attacks must not leave more points robust than the weaker ones they extend.
 ORDER = ("autoattack", "pgd", "fgsm", "clean")
@@ -93,6 +93,38 @@ def check_square_in_autoattack(accuracy_after, *, samples, tol=0.002, min_points
     if _gap_is_real(gap, samples, tol, min_points):
         return _result(False, text + "; the gradient-based evaluation is unreliable", gap=gap)
     return _result(True, text, gap=gap)
+
+
+def explain_square_finds(check, model_fn, x, y, *, eps, restarts=5, steps=100, batch_size=256, seed=0):
+    """When Square broke points the gradient attacks missed (`x`, `y`), tells budget from masking:
+    APGD-CE and APGD-DLR with `restarts` restarts each attack those points. The ones they break
+    have informative gradients (the standard budget was short); the rest only a black box finds.
+    Adds the counts to `check` (a failed check stays failed) and returns it."""
+    if check.get("passed") is not False or len(y) == 0:
+        return check
+    robust = np.ones(len(y), bool)
+    for n, loss in enumerate(("ce", "dlr")):
+        compiled = common.compile_batch_fn(
+            lambda xb, yb, s, loss=loss: apgd.apgd(
+                model_fn, xb, yb, eps=eps, steps=steps, restarts=restarts, loss=loss, seed=s
+            ),
+            np.shape(x),
+            model_fn=model_fn,
+        )
+        _, correct = common.run_batched(
+            compiled, x, y, batch_size=batch_size, seed=seed, stream=200 + n, progress=False
+        )
+        robust &= correct
+    broken = int(np.sum(~robust))
+    if broken == len(y):
+        verdict = "the gradients are informative there; the standard white-box budget was too short"
+    else:
+        verdict = f"{len(y) - broken} of them only the black box finds: gradients are masked there"
+    check["message"] += (
+        f"; APGD-CE and APGD-DLR with {restarts} restarts break {broken} of the {len(y)} points Square found: {verdict}"
+    )
+    check["square_found"], check["white_box_with_restarts_broke"] = len(y), broken
+    return check
 
 
 def check_zero_gradients(model_fn, x, y):
