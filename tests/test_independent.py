@@ -1,5 +1,8 @@
 """Our attacks against an independent implementation (IBM's adversarial-robustness-toolbox, ART) on
-the same model: ours must never leave more points robust than theirs at the same budget."""
+the same model. The number we publish (AutoAttack, and the worst case over our attacks) must never be
+above any ART attack, point by point; single-restart attacks of the same algorithm and budget agree
+within seed noise (on 4 models x 2 eps, ours minus ART ranged over -1..+2 points of 120 for PGD-20 and
+APGD-CE, 0 for FGSM, -10..-1 for Square)."""
 
 import json
 import os
@@ -14,7 +17,7 @@ from frep_tf import evaluate
 from frep_tf.attacks import autoattack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EPS = 0.05
+EPS = 0.1
 N = 120
 
 
@@ -31,11 +34,12 @@ def art_classifier(natural_cnn):
     )
 
 
-def _art_accuracy(classifier, attack, x, y):
+def _art_robust(classifier, attack, x, y):
+    """Per point: still classified correctly after ART's attack."""
     np.random.seed(0)
     x_adv = attack.generate(x, y=np.eye(10, dtype="float32")[y])
-    assert np.abs(x_adv - x).max() <= EPS + 1e-6
-    return float(np.mean(classifier.predict(x_adv).argmax(1) == y))
+    assert np.abs(x_adv - x).max() <= EPS + 1e-6 and 0 <= x_adv.min() and x_adv.max() <= 1
+    return (classifier.predict(x).argmax(1) == y) & (classifier.predict(x_adv).argmax(1) == y)
 
 
 def test_ours_not_weaker_than_art(natural_cnn, art_classifier, digits):
@@ -44,28 +48,18 @@ def test_ours_not_weaker_than_art(natural_cnn, art_classifier, digits):
     x, y = digits[1][:N], digits[3][:N]
     common = {"norm": np.inf, "eps": EPS, "batch_size": N, "verbose": False}
     theirs = {
-        "fgsm": _art_accuracy(art_classifier, evasion.FastGradientMethod(art_classifier, eps=EPS), x, y),
-        "pgd": _art_accuracy(
-            art_classifier,
-            evasion.ProjectedGradientDescent(
-                art_classifier, eps_step=EPS / 4, max_iter=20, num_random_init=1, **common
-            ),
-            x,
-            y,
+        "fgsm": evasion.FastGradientMethod(art_classifier, eps=EPS),
+        "pgd": evasion.ProjectedGradientDescent(
+            art_classifier, eps_step=EPS / 4, max_iter=20, num_random_init=1, **common
         ),
-        "apgd-ce": _art_accuracy(
-            art_classifier,
-            evasion.AutoProjectedGradientDescent(
-                art_classifier, eps_step=2 * EPS, max_iter=20, nb_random_init=1, loss_type="cross_entropy", **common
-            ),
-            x,
-            y,
+        "apgd-ce": evasion.AutoProjectedGradientDescent(
+            art_classifier, eps_step=2 * EPS, max_iter=20, nb_random_init=1, loss_type="cross_entropy", **common
         ),
-        "square": _art_accuracy(
-            art_classifier, evasion.SquareAttack(art_classifier, max_iter=300, p_init=0.8, **common), x, y
-        ),
+        "square": evasion.SquareAttack(art_classifier, max_iter=300, p_init=0.8, **common),
     }
-    ours = evaluate.evaluate_model(
+    theirs = {name: _art_robust(art_classifier, attack, x, y) for name, attack in theirs.items()}
+    ours = {}
+    evaluate.evaluate_model(
         natural_cnn,
         x,
         y,
@@ -79,13 +73,24 @@ def test_ours_not_weaker_than_art(natural_cnn, art_classifier, digits):
         batch_size=N,
         sanity=False,
         progress=False,
+        per_point=ours,
     )
-    report = {name: (ours[name]["accuracy"], theirs[name]) for name in theirs}
-    # The attack must have something to do: the clean accuracy is high and PGD lowers it.
-    assert ours["clean"]["accuracy"] > 0.9 and theirs["pgd"] < ours["clean"]["accuracy"] - 0.1, report
-    for name, (mine, art) in report.items():
-        assert mine <= art, f"{name}: ours {mine:.3f} > ART {art:.3f} ({report})"
-    assert ours["autoattack"]["accuracy"] <= min(theirs.values()), report
+    report = {name: (int(ours[name].sum()), int(theirs[name].sum())) for name in theirs}
+    report["autoattack"] = int(ours["autoattack"].sum())
+    # The attacks must have something to do: most points are classified, PGD breaks many of them.
+    assert ours["clean"].sum() > 0.9 * N and theirs["pgd"].sum() < 0.8 * ours["clean"].sum(), report
+
+    # The published figures: never above any ART attack, and no point ART broke survives them.
+    worst = np.logical_and.reduce([ours[name] for name in theirs] + [ours["autoattack"]])
+    for name, robust in theirs.items():
+        assert ours["autoattack"].sum() <= robust.sum(), (name, report)
+        assert not np.any(worst & ~robust), f"ART {name} broke points all of ours left robust: {report}"
+    # Same algorithm, same budget: FGSM is deterministic, so equal; Square draws its windows per image
+    # (the reference, and ART, one per batch), so at least as strong; PGD and APGD-CE within seed noise.
+    assert report["fgsm"][0] == report["fgsm"][1], report
+    assert report["square"][0] <= report["square"][1], report
+    for name in ("pgd", "apgd-ce"):
+        assert abs(report[name][0] - report[name][1]) <= 2, report
 
 
 def test_independent_benchmark_end_to_end(natural_cnn, tmp_path):
