@@ -25,6 +25,7 @@ per seed. Verdicts:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -41,6 +42,10 @@ OURS = ("fgsm", "pgd", "mim", "apgd-ce", "apgd-t", "fab-t", "square", "autoattac
 ART = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square")
 TORCHATTACKS = ("fgsm", "pgd", "mim", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack")
 LIBRARIES = {"art": ART, "torchattacks": TORCHATTACKS}
+INSTALL = {
+    "art": "adversarial-robustness-toolbox==1.20.1",
+    "torchattacks": "torch==2.13.0, then pip install --no-deps torchattacks==3.5.1",
+}
 
 
 def parse_args(argv=None):
@@ -62,6 +67,16 @@ def parse_args(argv=None):
         parser.error(f"--libraries={args.libraries}: unknown {unknown}; allowed: {sorted(LIBRARIES)}")
     if not args.model.endswith(".keras") or not os.path.isfile(args.model):
         parser.error(f"--model={args.model}: expected an existing .keras file")
+    missing = {
+        "art": [m for m in ("art",) if importlib.util.find_spec(m) is None],
+        "torchattacks": [m for m in ("torch", "torchattacks") if importlib.util.find_spec(m) is None],
+    }
+    for lib in libraries:
+        if missing[lib]:
+            parser.error(
+                f"--libraries={args.libraries}: {lib} needs {', '.join(missing[lib])}, not installed "
+                f"(pip install {INSTALL[lib]}); or leave {lib} out of --libraries"
+            )
     if not args.epsilon > 0:
         parser.error(f"--epsilon={args.epsilon}: must be > 0")
     try:
