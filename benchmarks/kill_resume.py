@@ -33,16 +33,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-FLAGS = [
-    "--flagfile=configs/quickstart.cfg",
-    "--epochs=4",
-    "--prune_epoch=2",
-    "--val_pgd_steps=2",
-    "--eval_pgd_steps=5",
-    "--ensemble_interval=5",
-    "--deterministic",
-    "--verbose=2",
-]
+from frep_tf import kill_points  # noqa: E402  (after the path insert)
+
+FLAGS = list(kill_points.QUICK_RUN_FLAGS)
 
 # name: (description, [kill, kill, ...]); a kill is ("line", text, delay) | ("file", relpath, delay)
 # | ("hook", "point:n"). The run is restarted after each kill, then once more to finish.

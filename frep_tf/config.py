@@ -21,6 +21,15 @@ PRUNE_SCHEDULES = ("oneshot", "gradual")
 ATTACK_BN_MODES = ("train", "eval")
 EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_sparse", "tflite_int8")
 EVAL_ATTACKS = ("clean", "fgsm", "pgd", "mim", "square", "autoattack", "apgd-ce", "apgd-t", "fab-t")
+# The columns of the FReP paper's Table I (attack, title); summary tables append other attacks after them.
+TABLE_I_COLUMNS = (
+    ("clean", "Clean"),
+    ("fgsm", "FGSM"),
+    ("pgd", "PGD"),
+    ("mim", "MIM"),
+    ("square", "Square"),
+    ("autoattack", "AA"),
+)
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 MODES = ("train", "evaluate")
 

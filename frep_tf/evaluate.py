@@ -15,18 +15,11 @@ import numpy as np
 import tensorflow as tf
 
 from frep_tf.attacks import autoattack, checks, common, fgsm, pgd, square
+from frep_tf.config import EVAL_ATTACKS as ATTACKS
+from frep_tf.config import TABLE_I_COLUMNS as TABLE_COLUMNS
 
-ATTACKS = ("clean", "fgsm", "pgd", "mim", "square", "autoattack", "apgd-ce", "apgd-t", "fab-t")
 ALIASES = {"aa": "autoattack"}
 GRADIENT_FREE = ("clean", "square")
-TABLE_COLUMNS = (
-    ("clean", "Clean"),
-    ("fgsm", "FGSM"),
-    ("pgd", "PGD"),
-    ("mim", "MIM"),
-    ("square", "Square"),
-    ("autoattack", "AA"),
-)
 SWEEP_MAX_EPS = 0.5  # an L-inf ball of radius 0.5 reaches the constant mid-grey image
 
 

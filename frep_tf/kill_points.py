@@ -22,6 +22,19 @@ ENV = "FREP_TF_TEST_KILL_AT"
 # results: results.json is written; the checkpoint is not yet deleted.
 POINTS = ("checkpoint", "pruned", "export", "results")
 
+# A short deterministic quickstart run (4 epochs, pruning at 2) for the kill-and-resume tests and
+# benchmarks/kill_resume.py: long enough to have every kill point, short enough to run many times.
+QUICK_RUN_FLAGS = (
+    "--flagfile=configs/quickstart.cfg",
+    "--epochs=4",
+    "--prune_epoch=2",
+    "--val_pgd_steps=2",
+    "--eval_pgd_steps=5",
+    "--ensemble_interval=5",
+    "--deterministic",
+    "--verbose=2",
+)
+
 _reached: dict[str, int] = {}
 
 

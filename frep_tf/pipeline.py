@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from frep_tf import kill_points, resume
-from frep_tf.config import Config, ConfigError, validate
+from frep_tf.config import TABLE_I_COLUMNS, Config, ConfigError, validate
 from frep_tf.io_utils import fsync_dir, remove, write_json_atomic
 
 RESULTS_SCHEMA_VERSION = 1
@@ -547,22 +547,11 @@ def attack_results(evaluation: dict) -> dict:
     return {k: v for k, v in evaluation.items() if isinstance(v, dict) and "accuracy" in v and k != "worst_case"}
 
 
-# The columns of the FReP paper's Table I; other attacks that ran are appended after them.
-TABLE_I = (
-    ("clean", "Clean"),
-    ("fgsm", "FGSM"),
-    ("pgd", "PGD"),
-    ("mim", "MIM"),
-    ("square", "Square"),
-    ("autoattack", "AA"),
-)
-
-
 def summary_table(results: dict) -> str:
     """A short Markdown summary: one row shaped like the paper's Table I, sanity, sparsity, exports, time."""
     ev = results["evaluation"]
     attacks = attack_results(ev)
-    columns = list(TABLE_I) + [(k, k) for k in attacks if k not in dict(TABLE_I)]
+    columns = list(TABLE_I_COLUMNS) + [(k, k) for k in attacks if k not in dict(TABLE_I_COLUMNS)]
     model = results.get("model", {})
     name = " ".join(str(model[k]) for k in ("arch", "parameterization") if model.get(k)) or os.path.basename(
         str(model.get("evaluated_path", "model"))

@@ -19,21 +19,28 @@ def digits():
 
 
 @pytest.fixture(scope="session")
-def natural_cnn(digits):
+def train_digits_cnn(digits):
+    """Trains a two-conv-layer digits CNN (seed 0): train_digits_cnn(filters, dropout, epochs) -> keras model."""
+
+    def train(filters=(16, 32), dropout=0.0, epochs=5):
+        x_train, _, y_train, _ = digits
+        keras.utils.set_random_seed(0)
+        layers = [keras.Input((8, 8, 1))]
+        layers += [keras.layers.Conv2D(f, 3, padding="same", activation="relu") for f in filters]
+        layers += [keras.layers.Flatten()] + ([keras.layers.Dropout(dropout)] if dropout else [])
+        model = keras.Sequential([*layers, keras.layers.Dense(10)])
+        model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
+        return model
+
+    return train
+
+
+@pytest.fixture(scope="session")
+def natural_cnn(digits, train_digits_cnn):
     """A naturally trained two-layer CNN (clean test accuracy > 90 %) as a model callable."""
-    x_train, x_test, y_train, y_test = digits
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(10),
-        ]
-    )
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, epochs=5, batch_size=64, verbose=0)
+    _, x_test, _, y_test = digits
+    model = train_digits_cnn()
 
     def model_fn(x):
         return model(x, training=False)

@@ -1,7 +1,6 @@
 """The robustness report: results and sanity checks on natural, gradient-masked, randomized and
 TFLite models, the Table I row, and transfer from the float model to its TFLite export."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -25,22 +24,8 @@ FAST = dict(
 
 
 @pytest.fixture(scope="module")
-def cnn(digits):
-    x_train, _, y_train, _ = digits
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dropout(0.2),
-            keras.layers.Dense(10),
-        ]
-    )
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, epochs=6, batch_size=64, verbose=0)
-    return model
+def cnn(train_digits_cnn):
+    return train_digits_cnn(filters=(8, 16), dropout=0.2, epochs=6)
 
 
 def _tflite(model, path, representative=None):

@@ -17,20 +17,11 @@ import time
 import numpy as np
 import pytest
 
-from frep_tf import resume
+from frep_tf import kill_points, resume
 from frep_tf.config import Config, ConfigError, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = [
-    "--flagfile=configs/quickstart.cfg",
-    "--epochs=4",
-    "--prune_epoch=2",
-    "--val_pgd_steps=2",
-    "--eval_pgd_steps=5",
-    "--ensemble_interval=5",
-    "--deterministic",
-    "--verbose=2",
-]
+FLAGS = list(kill_points.QUICK_RUN_FLAGS)
 
 
 def _cfg(workdir, **flat):
