@@ -3,6 +3,8 @@
     python main.py --flagfile=configs/quickstart.cfg --workdir=runs/quickstart
     python main.py --arch=resnet18 --sparsity=0.99 --workdir=runs/r18_s99
     python main.py --mode=evaluate --model=runs/r18_s99/export/model.keras --dataset=cifar10
+    python main.py --mode=experiment --experiment=configs/experiments/fashion_frep_vs_ori.cfg --workdir=runs/fo
+    python main.py --mode=report --workdir=runs/fo
 
 Parses flags, validates them into a frozen Config, then runs frep_tf.pipeline. The same command
 again resumes an interrupted run, or prints the results of a finished one.
@@ -10,7 +12,8 @@ again resumes an interrupted run, or prints the results of a finished one.
 Exit status: 0 done (or already done); 2 bad input: a flag, flag combination, dataset, model file,
 workdir or checkpoint that cannot be used, reported as one line starting with "error:" before
 anything is written to the workdir; 3 the run failed: training diverged (NaN/Inf loss; the last
-good checkpoint is kept) or an export did not reproduce the model.
+good checkpoint is kept) or an export did not reproduce the model; in --mode=experiment, a cell failed
+(the other cells still ran; report.md lists the failure).
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ def main(argv) -> None:
         cfg = validate(flags.config_from_flags(absl_flags.FLAGS))
     except ConfigError as exc:
         _fail(str(exc))
+    if cfg.run.mode in ("experiment", "report"):
+        _experiment(cfg)
+        return
     from frep_tf import pipeline
     from frep_tf.data import DatasetError
     from frep_tf.model_io import ModelFileError
@@ -76,6 +82,23 @@ def main(argv) -> None:
         if isinstance(exc, (NonFiniteLossError, ExportError)):
             _fail(str(exc), EXIT_RUN_FAILED)
         raise
+
+
+def _experiment(cfg) -> None:
+    """--mode=experiment runs a grid of cells (each an ordinary run of this file); --mode=report writes its report."""
+    from frep_tf.experiments import runner
+    from frep_tf.experiments.spec import ExperimentError
+
+    try:
+        if cfg.run.mode == "report":
+            path = runner.write_report(cfg.run.workdir)
+            print(f"[experiment] report: {path}", flush=True)
+            return
+        status = runner.run(cfg.run.experiment, cfg.run.workdir, shard=cfg.run.experiment_shard)
+    except ExperimentError as exc:
+        _fail(str(exc))
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ TABLE_I_COLUMNS = (
     ("autoattack", "AA"),
 )
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
-MODES = ("train", "evaluate")
+MODES = ("train", "evaluate", "experiment", "report")
 
 
 class ConfigError(ValueError):
@@ -45,11 +45,19 @@ def _f(default, help: str, **meta):
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     dataset: str = _f(
-        "cifar10", "digits | synthetic | cifar10 | cifar100 | svhn | tiny_imagenet | folder:PATH | npz:PATH"
+        "cifar10",
+        "digits | synthetic | fashion_mnist | cifar10 | cifar100 | svhn | tiny_imagenet | folder:PATH | npz:PATH",
     )
-    data_dir: str = _f("", "tfds data directory (prepared datasets, manual downloads); empty = tfds default")
+    data_dir: str = _f(
+        "",
+        "tfds data directory (prepared datasets, manual downloads), or a directory of Fashion-MNIST IDX files; "
+        "empty = tfds default",
+    )
     batch_size: int = _f(128, "training batch size (global, over all replicas) (paper)")
     eval_batch_size: int = _f(256, "batch size for validation and evaluation attacks")
+    train_samples: int = _f(
+        0, "train on a fixed random subset of this many training examples (same for every seed); 0 = all"
+    )
     val_size: float = _f(0.02, "training examples carved out for validation: a fraction in (0, 1) or a count >= 1")
     augment: bool = _f(True, "dataset-standard augmentation (crop+flip for CIFAR/Tiny-ImageNet, crop for SVHN)")
     image_size: int = _f(0, "resize user images to this size (folder: datasets); 0 = keep")
@@ -119,8 +127,15 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    mode: str = _f("train", "train | evaluate", choices=MODES)
+    mode: str = _f(
+        "train",
+        "train: one run; evaluate: attack a saved model; experiment: a grid of runs (--experiment) and its report; "
+        "report: report.md + figures of an experiment --workdir",
+        choices=MODES,
+    )
     workdir: str = _f("runs/default", "output directory (config.json, tb/, export/, results.json)")
+    experiment: str = _f("", "--mode=experiment: the experiment file (base flags + axes; see configs/experiments/)")
+    experiment_shard: str = _f("", "--mode=experiment: i/n runs every n-th cell starting at cell i (0-based)")
     seed: int = _f(0, "random seed (weights, data order, perturbations)")
     export: str = _f("keras,saved_model,tflite,tflite_sparse", "comma-separated export formats")
     deterministic: bool = _f(False, "TF op determinism: identical results on the same machine, slower")
@@ -221,6 +236,8 @@ def validate(cfg: Config) -> Config:
             raise _bad(flag, value, "must be a positive integer")
     if not (0 <= d.val_size < 1 or (d.val_size >= 1 and float(d.val_size).is_integer())):
         raise _bad("val_size", d.val_size, "a fraction in [0, 1) or a whole count >= 1")
+    if d.train_samples < 0:
+        raise _bad("train_samples", d.train_samples, "must be >= 0 (0 = every training example)")
     if d.image_size < 0:
         raise _bad("image_size", d.image_size, "must be >= 0 (0 keeps the images' own size)")
     if cfg.model.width <= 0:
@@ -296,6 +313,15 @@ def validate(cfg: Config) -> Config:
         raise _bad(
             "transfer_from", ev.transfer_from, "must be a float model (.keras or SavedModel): PGD needs gradients"
         )
+    if r.mode in ("experiment", "report") and not r.workdir.strip():
+        raise _bad("workdir", "''", f"--mode={r.mode} needs the experiment's --workdir")
+    if r.mode == "experiment" and not r.experiment:
+        raise _bad("experiment", "''", "--mode=experiment needs --experiment=FILE (see configs/experiments/)")
+    if r.mode != "experiment" and (r.experiment or r.experiment_shard):
+        flag = "experiment" if r.experiment else "experiment_shard"
+        raise _bad(flag, getattr(r, flag), "only with --mode=experiment")
+    if r.mode == "report" and not os.path.isdir(r.workdir):
+        raise _bad("workdir", r.workdir, "--mode=report needs an existing experiment workdir")
     if r.mode == "train" and ev.model:
         raise _bad("model", ev.model, "only with --mode=evaluate (train mode exports its own model)")
     if r.mode == "train" and not r.workdir.strip():

@@ -81,6 +81,7 @@ def load_data(cfg: Config):
         svhn_extra=d.svhn_extra,
         deterministic=cfg.run.deterministic,
         download=d.download,
+        train_samples=d.train_samples,
     )
 
 

@@ -76,9 +76,17 @@ def build_splits(
     augmentation: str | None,
     image_size: tuple[int, int] | None,
     deterministic: bool,
+    train_samples: int = 0,
 ) -> Splits:
-    """Builds the train / val / test pipelines of `source`; see the module docstring."""
+    """Builds the train / val / test pipelines of `source`; see the module docstring.
+
+    `train_samples` > 0 keeps a fixed random subset of that many training examples (chosen with
+    SPLIT_SEED, so every run and seed sees the same subset) before the validation carve-out.
+    """
     import tensorflow as tf
+
+    if train_samples:
+        source = _subset(source, train_samples)
 
     policy = augmentation if augmentation is not None else source.augmentation
     augment_lib.check_policy(policy)
@@ -190,6 +198,29 @@ def build_splits(
         info=info,
         train_from=train_from,
     )
+
+
+def subset_mask(num_train: int, count: int) -> np.ndarray:
+    """Boolean mask over training positions: the `count` examples kept by --train_samples."""
+    mask = np.zeros(num_train, dtype=bool)
+    mask[np.random.default_rng(SPLIT_SEED + 1).permutation(num_train)[:count]] = True
+    return mask
+
+
+def _subset(source, count: int):
+    import dataclasses
+
+    if not 0 < count <= source.num_train:
+        raise DatasetError(
+            f"--train_samples={count}: must lie in [1, {source.num_train}] ({source.name} has "
+            f"{source.num_train} training examples; 0 = all)"
+        )
+    if count == source.num_train:
+        return source
+    mask = subset_mask(source.num_train, count)
+    if isinstance(source, ArraySource):
+        return dataclasses.replace(source, x_train=source.x_train[mask], y_train=source.y_train[mask])
+    return dataclasses.replace(source, train=_select(source.train, mask, keep=True, count=count), num_train=count)
 
 
 def _to_float(images):

@@ -8,7 +8,7 @@ import pathlib
 from frep_tf.data.errors import DatasetError
 from frep_tf.data.splits import Splits
 
-KNOWN_DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "svhn", "tiny_imagenet")
+KNOWN_DATASETS = ("digits", "synthetic", "fashion_mnist", "cifar10", "cifar100", "svhn", "tiny_imagenet")
 USER_DATASET_PREFIXES = ("folder:", "npz:")
 
 
@@ -47,6 +47,10 @@ def check_available(
         from frep_tf.data import tiny_imagenet
 
         tiny_imagenet.check_available(data_dir=data_dir)
+    elif name == "fashion_mnist":
+        from frep_tf.data import fashion_mnist
+
+        fashion_mnist.check_available(data_dir)
     elif name.startswith("folder:"):
         path = pathlib.Path(name[len("folder:") :]).expanduser()
         if not path.is_dir():
@@ -74,6 +78,7 @@ def load_dataset(
     synthetic_size: tuple[int, int] = (512, 128),
     download: bool = False,
     augmentation: str | None = None,
+    train_samples: int = 0,
 ) -> Splits:
     """Loads `name` as batched train / val / test `tf.data` pipelines.
 
@@ -93,8 +98,10 @@ def load_dataset(
       synthetic_shape, synthetic_classes, synthetic_size: shape, classes and (train, test) sizes of
         `synthetic`.
       download: allow tfds to download cifar10 / cifar100 / svhn when they are not prepared.
-      augmentation: override the dataset's default policy ("none", "crop", "crop_flip"); user data
-        (folder:, npz:) gets none unless asked for here.
+      augmentation: override the dataset's default policy ("none", "crop", "crop_flip", "crop2");
+        user data (folder:, npz:) gets none unless asked for here.
+      train_samples: > 0 keeps a fixed random subset of that many training examples (the same for
+        every seed) before the validation carve-out; 0 keeps all.
 
     Raises:
       DatasetError: any problem with the arguments or the data, as one line naming the flag or path.
@@ -134,6 +141,7 @@ def load_dataset(
         augmentation=augmentation,
         image_size=size,
         deterministic=bool(deterministic),
+        train_samples=_int(train_samples, "--train_samples"),
     )
 
 
@@ -178,6 +186,10 @@ def _load_source(
         from frep_tf.data.tfds_loaders import load_tfds
 
         return load_tfds(name, data_dir=data_dir, download=download, svhn_extra=svhn_extra)
+    if name == "fashion_mnist":
+        from frep_tf.data.fashion_mnist import load_fashion_mnist
+
+        return load_fashion_mnist(data_dir)
     if name == "tiny_imagenet":
         from frep_tf.data.tiny_imagenet import load_tiny_imagenet
 

@@ -1,0 +1,1 @@
+"""Experiments: grids of runs over flags (spec, runner) and their report (report.md + figures)."""
