@@ -479,28 +479,30 @@ def figure_robust_vs_sparsity(rows: list[Row], path: str, dataset: str) -> bool:
             m, s, n = mean_std(_accuracy(c.results, attack) for c in row.cells)
             if n and row.sparsity is not None:
                 lines.setdefault(_series_label(row), []).append((100 * row.sparsity, 100 * m, 100 * (s or 0), row))
-        ticks = set()
-        for label, points in lines.items():
+        ticks = sorted({p[0] for points in lines.values() for p in points})
+        # Lines sit side by side by a hair, so error bars at the same sparsity do not hide each other.
+        dodge = 0.012 * ((ticks[-1] - ticks[0]) if len(ticks) > 1 else 10.0) if ticks else 0.0
+        for i, points in enumerate(lines.values()):
             points.sort(key=lambda p: p[0])
-            xs, ys, es, first = [p[0] for p in points], [p[1] for p in points], [p[2] for p in points], points[0][3]
-            ticks.update(xs)
+            shift = (i - (len(lines) - 1) / 2) * dodge
+            first = points[0][3]
             ax.errorbar(
-                xs,
-                ys,
-                yerr=es,
-                label=label,
+                [p[0] + shift for p in points],
+                [p[1] for p in points],
+                yerr=[p[2] for p in points],
+                label=_series_label(first),
                 color=colors[first.method],
                 linestyle="--" if first.structured else "-",
                 marker="s" if first.structured else "o",
                 capsize=4,
             )
-        ax.set_xticks(sorted(ticks))
-        ax.set_xticklabels([f"{t:g}" for t in sorted(ticks)])
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
         ax.set_xlabel("target sparsity (%)")
         ax.set_ylabel(f"{title} accuracy (%)")
         ax.set_title(f"{title} robust accuracy vs sparsity")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="best")
     fig.suptitle(f"{dataset}: mean ± std over seeds (paper Fig. 8)")
     _save(fig, path)
     return True
@@ -537,7 +539,7 @@ def figure_weight_distribution(rows: list[Row], path: str, dataset: str) -> tupl
     for ax in axes[len(groups) :]:
         ax.set_visible(False)
     for ax, (_, members) in zip(axes, sorted(groups.items()), strict=False):
-        lo, hi = np.inf, -np.inf
+        lo, hi, peak = np.inf, -np.inf, 0.0
         for row, h in members:
             counts = h["counts"].astype(np.float64)
             nonzero = counts.sum() + h["outside"]
@@ -546,6 +548,7 @@ def figure_weight_distribution(rows: list[Row], path: str, dataset: str) -> tupl
             share = 100 * counts / nonzero
             used = np.nonzero(counts)[0]
             lo, hi = min(lo, h["edges"][used[0]]), max(hi, h["edges"][used[-1] + 1])
+            peak = max(peak, float(share.max()))
             zeros = 100 * h["zeros"] / max(h["total"], 1)
             ax.stairs(
                 share,
@@ -556,6 +559,8 @@ def figure_weight_distribution(rows: list[Row], path: str, dataset: str) -> tupl
             )
         if np.isfinite(lo):
             ax.set_xlim(lo - 0.3, hi + 0.3)
+            # Head room for the legend, which sits above the histograms rather than on them.
+            ax.set_ylim(0, peak * (1.15 + 0.1 * len(members)))
         first = members[0][0]
         title = _sparsity_label(first.sparsity, first.structured)
         title += "".join(f", {k}={v}" for k, v in first.others.items())
@@ -846,24 +851,29 @@ def _axes_text(axes) -> str:
 
 
 def _table_notes(finished: list[Cell], columns) -> list[str]:
-    samples = sorted(
-        {
-            e.get("samples")
-            for c in finished
-            for a, _ in columns
-            if isinstance(e := (c.results.get("evaluation") or {}).get(a), dict)
-        }
-        - {None}
-    )
+    samples = {}
+    for attack, title in columns:
+        counts = sorted(
+            {
+                e.get("samples")
+                for c in finished
+                if isinstance(e := (c.results.get("evaluation") or {}).get(attack), dict)
+            }
+            - {None}
+        )
+        samples.setdefault(" / ".join(map(str, counts)), []).append(title)
+    if len(samples) == 1:
+        images = f"{next(iter(samples))} test images"
+    else:  # e.g. AutoAttack on a fixed subset
+        images = "test images (" + "; ".join(f"{', '.join(t)}: {n}" for n, t in samples.items()) + ")"
     eps = sorted({((c.results.get("evaluation") or {}).get("config") or {}).get("epsilon") for c in finished} - {None})
     datasets = sorted({str((c.results.get("dataset") or {}).get("name")) for c in finished})
     evaluated = sorted({str((c.results.get("model") or {}).get("evaluated_path")) for c in finished})
     return [
-        f"Accuracy (%) of the exported model ({', '.join(f'`{e}`' for e in evaluated)}) on "
-        f"{' / '.join(map(str, samples))} test images of {', '.join(datasets)}, epsilon "
-        f"{', '.join(f'{e:.4g}' for e in eps)}; mean ± sample std (ddof 1) over the n seeds of a row "
-        "(no ± for n = 1). Deployed size: the smallest exported file (mean over seeds). Measured sparsity: "
-        "exact zeros among the exported Conv2D/Dense kernel weights."
+        f"Accuracy (%) of the exported model ({', '.join(f'`{e}`' for e in evaluated)}) on {images} of "
+        f"{', '.join(datasets)}, epsilon {', '.join(f'{e:.4g}' for e in eps)}; mean ± sample std (ddof 1) over "
+        "the n seeds of a row (no ± for n = 1). Deployed size: the smallest exported file (mean over seeds). "
+        "Measured sparsity: exact zeros among the exported Conv2D/Dense kernel weights."
     ]
 
 
