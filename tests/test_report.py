@@ -228,40 +228,47 @@ def test_a_rewritten_epoch_counts_once_and_a_torn_record_is_ignored(tmp_path):
 
 @pytest.fixture(scope="module")
 def discovered(experiment, tmp_path_factory):
-    """The cells alone (copied from their machines, no experiment.json), reported in a fresh process:
-    (workdir, summary, modules the report imported)."""
+    """The cells alone (copied from their machines, no experiment.json): (workdir, summary)."""
     workdir, _, _, _ = experiment
     copy = tmp_path_factory.mktemp("copied")
     shutil.copytree(os.path.join(workdir, "cells"), copy / "cells")
-    code = (
-        "import json, sys; from frep_tf.experiments.report import write_report; s = write_report(sys.argv[1]); "
-        "print(json.dumps({'summary': s, 'imported': [m for m in ('tensorflow', 'keras') if m in sys.modules]}))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(copy)], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return copy, out["summary"], out["imported"]
+    return copy, report.write_report(str(copy))
 
 
 def test_without_experiment_json_the_differing_settings_are_the_axes(experiment, discovered):
     _, summary, _, _ = experiment
-    copy, found, _ = discovered
+    copy, found = discovered
     _, _, axes, _ = report.load_experiment(str(copy))
     assert [flag for flag, _ in axes] == ["parameterization", "seed", "sparsity"]
     assert dict(axes)["sparsity"] == [0.9, 0.99]
     # The never-started cell is unknown without experiment.json; everything else is the same.
     assert found["cells"] == {"total": 11, "finished": 9, "failed": 1, "pending": 1}
-    assert found["rows"] == json.loads(json.dumps(summary["rows"]))
+    assert found["rows"] == summary["rows"]
     assert set(found["figures"]) == {"fig8", "fig7", "fig5"}
     with open(copy / "report.md") as fh:
         assert "No experiment.json: cells found as `cells/*/config.json`" in fh.read()
 
 
-def test_the_report_does_not_import_tensorflow(discovered):
-    _, _, imported = discovered
-    assert imported == []
+def test_a_fresh_process_writes_the_same_bytes_without_tensorflow(experiment, tmp_path):
+    """Same cells, another process (another hash seed, another directory): byte-identical report.md and
+    PNGs, so a grid resumed after a kill can be compared with an uninterrupted one; and no TensorFlow."""
+    workdir, summary, _, _ = experiment
+    copy = tmp_path / "w"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("report.md", "figures"))
+    code = (
+        "import sys; from frep_tf.experiments.report import write_report; write_report(sys.argv[1]); "
+        "print([m for m in ('tensorflow', 'keras') if m in sys.modules])"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="123")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(copy)], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"  # neither module was imported
+    for path in [os.path.join(workdir, "report.md"), *summary["figures"].values()]:
+        rel = os.path.relpath(path, workdir)
+        with open(path, "rb") as a, open(copy / rel, "rb") as b:
+            assert a.read() == b.read(), rel
 
 
 def test_unusable_workdirs_are_one_line_errors(tmp_path):

@@ -498,11 +498,17 @@ def figure_robust_vs_sparsity(rows: list[Row], path: str, dataset: str) -> bool:
             )
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}" for t in ticks])
-        ax.set_xlabel("target sparsity (%)")
+        structured = any(r.structured for r in rows)
+        ax.set_xlabel("target sparsity (%" + ("; structured: of channels)" if structured else ")"))
         ax.set_ylabel(f"{title} accuracy (%)")
         ax.set_title(f"{title} robust accuracy vs sparsity")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
+    # One legend for all panels, under them, so it never covers a point.
+    handles = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 3))
     fig.suptitle(f"{dataset}: mean ± std over seeds (paper Fig. 8)")
     _save(fig, path)
     return True
