@@ -26,6 +26,7 @@ EPOCHS = 4
 FAILED = "plain-0.99-seed2"
 STARTED = "hadamard-0.99-seed2"  # config.json only: a cell in progress
 ABSENT = "hadamard-0.9-seed2"  # listed in experiment.json, never started (another shard's)
+STALE_FAILURE = "plain-0.9-seed0"
 
 
 def cell_name(p, s, seed):
@@ -113,6 +114,9 @@ def experiment(tmp_path_factory):
                     with open(os.path.join(cell_dir, "results.json"), "w") as fh:
                         json.dump(results[name], fh)
                     curves[name] = write_curves(os.path.join(cell_dir, "tb", "frep"), rng)
+                    if name == STALE_FAILURE:  # an earlier attempt failed; results.json says it is done now
+                        with open(os.path.join(cell_dir, "failed.json"), "w") as fh:
+                            json.dump({"reason": "killed", "exit_status": 137}, fh)
     axes = [
         {"flag": "parameterization", "values": list(PARAMS)},
         {"flag": "sparsity", "values": [str(s) for s in SPARSITIES]},
@@ -283,3 +287,14 @@ def test_unusable_workdirs_are_one_line_errors(tmp_path):
         [sys.executable, "-m", "frep_tf.experiments.report", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+
+
+def test_a_damaged_results_file_fails_its_cell_not_the_report(tmp_path):
+    write_config(str(tmp_path / "cells" / "a"), "plain", 0.9, 0)
+    (tmp_path / "cells" / "a" / "results.json").write_text('{"evaluation": ')
+    summary = report.write_report(str(tmp_path))
+    assert summary["cells"] == {"total": 1, "finished": 0, "failed": 1, "pending": 0}
+    (failed,) = summary["failed"]
+    assert failed["name"] == "a" and "results.json: not valid JSON (line 1" in failed["reason"]
+    assert summary["figures"] == {}
+    assert "No cell has finished yet." in (tmp_path / "report.md").read_text()

@@ -379,7 +379,7 @@ def row_summary(row: Row, columns) -> dict:
         "seeds": [c.setting(REPLICATE_AXIS) for c in row.cells],
         "n": len(row.cells),
         "accuracy": acc,
-        "deployed_bytes": {"mean": size[0], "std": size[1], "file": max(set(files), key=files.count)}
+        "deployed_bytes": {"mean": size[0], "std": size[1], "file": max(sorted(set(files)), key=files.count)}
         if files
         else None,
         "measured_sparsity": {"mean": sparsity[0], "std": sparsity[1]} if sparsity[2] else None,
