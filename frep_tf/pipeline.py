@@ -329,6 +329,7 @@ def run_train(cfg: Config) -> dict:
     from frep_tf.training.checkpoint import EpochCheckpoint
     from frep_tf.training.guards import NonFiniteLossError
     from frep_tf.training.pruning import kernel_sparsity
+    from frep_tf.weight_stats import weight_histogram
 
     workdir = cfg.run.workdir
     checkpoint_dir = os.path.join(workdir, resume.CHECKPOINT_DIR)
@@ -429,6 +430,7 @@ def run_train(cfg: Config) -> dict:
             "deployed_nonzero": sparsity["nonzero_params"],
         },
         "sparsity": {"kernels": sparsity["kernels"], "all_parameters": sparsity["all_parameters"]},
+        "weight_histogram": weight_histogram(final),  # paper Fig. 7, for reports
         "evaluation": evaluation,
         "evaluation_tflite": tflite_evaluation,
         "exports": [

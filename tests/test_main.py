@@ -100,6 +100,41 @@ def test_exported_kernels_really_are_sparse(quickstart_run):
     assert zeros >= 0.99 - 1e-6
 
 
+def test_results_carry_the_exported_weight_histogram(quickstart_run):
+    import keras
+
+    workdir, _ = quickstart_run
+    h = json.loads((workdir / "results.json").read_text())["weight_histogram"]
+    model = keras.models.load_model(workdir / "export" / "model.keras")
+    kernels = [layer.kernel.numpy().ravel() for layer in model.layers if hasattr(layer, "kernel")]
+    w = np.concatenate(kernels)
+    expected, _ = np.histogram(np.log10(np.abs(w[w != 0])), bins=np.asarray(h["edges"]))
+    assert h["counts"] == expected.tolist()
+    assert (h["zeros"], h["total"]) == (int(np.sum(w == 0)), w.size)
+    assert sum(h["counts"]) + h["below"] + h["above"] + h["zeros"] == h["total"]
+
+
+def test_report_of_a_real_run(quickstart_run, tmp_path):
+    """The report reads what a real run writes: results.json and EpochMonitor's TensorBoard scalars."""
+    from frep_tf.experiments import report
+
+    workdir, _ = quickstart_run
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "quickstart").symlink_to(workdir, target_is_directory=True)
+    summary = report.write_report(str(tmp_path))
+    assert summary["cells"] == {"total": 1, "finished": 1, "failed": 0, "pending": 0}
+    assert set(summary["figures"]) == {"fig8", "fig7", "fig5"}, summary["problems"]
+    results = json.loads((workdir / "results.json").read_text())
+    (row,) = summary["rows"]
+    assert row["method"] == "FReP" and row["n"] == 1
+    assert row["accuracy"]["pgd"]["mean"] == results["evaluation"]["pgd"]["accuracy"]
+    scalars = report.read_scalars(str(workdir / "tb" / "frep"))
+    assert sorted(scalars["val_ensemble_pgd_acc"]) == [0, 1, 2]
+    final = results["training"]["final_epoch"]
+    assert abs(scalars["val_ensemble_pgd_acc"][2] - final["val_ensemble_pgd_acc"]) < 1e-6
+    assert abs(scalars["ensemble_delta"][2] - final["ensemble_delta"]) < 1e-6
+
+
 def test_evaluate_mode_on_the_exported_model(quickstart_run, tmp_path):
     workdir, _ = quickstart_run
     proc = run_main(
