@@ -32,6 +32,7 @@ flags.define_all(absl_flags.FLAGS)
 absl_flags.adopt_module_key_flags(flags.define_module())  # so `--help` lists every setting
 
 
+_CONFIG_FLAGS = flags.config_flag_names()
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 3
 
@@ -87,14 +88,20 @@ def main(argv) -> None:
 def _experiment(cfg) -> None:
     """--mode=experiment runs a grid of cells (each an ordinary run of this file); --mode=report writes its report."""
     from frep_tf.experiments import runner
-    from frep_tf.experiments.spec import ExperimentError
+    from frep_tf.experiments.spec import RESERVED, ExperimentError
 
     try:
         if cfg.run.mode == "report":
             path = runner.write_report(cfg.run.workdir)
             print(f"[experiment] report: {path}", flush=True)
             return
-        status = runner.run(cfg.run.experiment, cfg.run.workdir, shard=cfg.run.experiment_shard)
+        # Flags given on this command line (e.g. --data_dir) go to every cell, after the file's base flags.
+        forwarded = [
+            absl_flags.FLAGS[name].serialize()
+            for name in _CONFIG_FLAGS
+            if absl_flags.FLAGS[name].present and name not in RESERVED
+        ]
+        status = runner.run(cfg.run.experiment, cfg.run.workdir, shard=cfg.run.experiment_shard, extra_args=forwarded)
     except ExperimentError as exc:
         _fail(str(exc))
     if status:

@@ -28,6 +28,9 @@ def define_all(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
         group.define_flags(flag_values)
 
 
+def config_flag_names() -> list[str]:
+    return [f.name for klass in SECTIONS.values() for f in dataclasses.fields(klass)]
+
+
 def config_from_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> Config:
-    names = [f.name for klass in SECTIONS.values() for f in dataclasses.fields(klass)]
-    return Config.from_flat({name: flag_values[name].value for name in names})
+    return Config.from_flat({name: flag_values[name].value for name in config_flag_names()})

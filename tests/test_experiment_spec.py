@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 
@@ -120,3 +121,10 @@ def test_main_refuses_a_bad_experiment_in_one_line_exit_2(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and f"{path}:2:" in lines[0] and "'2'" in lines[0]
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (pathlib.Path(REPO) / "configs" / "experiments").glob("*.cfg")))
+def test_shipped_experiments_parse_and_every_cell_validates(tmp_path, name):
+    experiment = spec.parse(str(pathlib.Path(REPO) / "configs" / "experiments" / name))
+    cells = runner.check(experiment, str(tmp_path / "work"))
+    assert cells and len({c.name for c in cells}) == len(cells)

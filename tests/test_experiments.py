@@ -39,7 +39,7 @@ def test_a_killed_grid_resumes_where_it_stopped_and_ends_as_uninterrupted_runs(t
     )
     # Kill the whole grid (runner and the cell it runs) once the second cell has checkpointed an epoch.
     deadline = time.time() + 600
-    while not (second / "checkpoint").is_dir() or not os.listdir(second / "checkpoint"):
+    while not list(second.glob("checkpoint/epoch-*")):  # a complete checkpoint (written, then renamed)
         assert proc.poll() is None, proc.stdout.read()
         assert time.time() < deadline, "the second cell never checkpointed"
         time.sleep(0.2)

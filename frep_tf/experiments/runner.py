@@ -75,7 +75,7 @@ def check(experiment: Experiment, workdir: str) -> list[Cell]:
     """Every cell's flags parse and validate, before any cell runs; ExperimentError names file, line and value."""
     from frep_tf.config import ConfigError
 
-    base = list(experiment.base_args)
+    base = list(experiment.base_args) + list(experiment.extra_args)
     scratch = os.path.join(workdir, CELLS_DIR, "_check")
     try:
         _parse_flags(base + [f"--workdir={scratch}"])
@@ -184,7 +184,15 @@ def run_cell(experiment: Experiment, cell: Cell, workdir: str, *, python: str = 
     cell_dir = os.path.join(workdir, cell.dir)
     log_path = os.path.join(workdir, LOGS_DIR, cell.name + ".log")
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    command = [python, MAIN, *experiment.base_args, *cell.args(), f"--workdir={cell_dir}", "--verbose=2"]
+    command = [
+        python,
+        MAIN,
+        *experiment.base_args,
+        *experiment.extra_args,
+        *cell.args(),
+        f"--workdir={cell_dir}",
+        "--verbose=2",
+    ]
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()
@@ -201,13 +209,26 @@ def run_cell(experiment: Experiment, cell: Cell, workdir: str, *, python: str = 
     return status, reason
 
 
-def run(experiment_path: str, workdir: str, *, shard: str = "", python: str = sys.executable, out=None) -> int:
-    """Runs the cells of this shard that have not finished, then writes the report. Returns the exit status."""
+def run(
+    experiment_path: str,
+    workdir: str,
+    *,
+    shard: str = "",
+    extra_args: list[str] | tuple[str, ...] = (),
+    python: str = sys.executable,
+    out=None,
+) -> int:
+    """Runs the cells of this shard that have not finished, then writes the report. Returns the exit status.
+
+    `extra_args` (main.py flags from the runner's own command line, e.g. --data_dir) go to every cell
+    after the file's base flags; axis values come last and win."""
+    import dataclasses
+
     from frep_tf.kill_points import kill_point
 
     out = out or sys.stdout
     index, count = parse_shard(shard)
-    experiment = parse(experiment_path)
+    experiment = dataclasses.replace(parse(experiment_path), extra_args=tuple(extra_args))
     cells = check(experiment, workdir)
     os.makedirs(workdir, exist_ok=True)
     _write_experiment(workdir, experiment)
@@ -266,7 +287,7 @@ def write_report(workdir: str, out=None) -> str | None:
     from frep_tf.experiments import report
 
     summary = report.write_report(workdir)
-    return summary.get("path") if isinstance(summary, dict) else None
+    return summary.get("report") if isinstance(summary, dict) else None
 
 
 def load_experiment_json(workdir: str) -> dict | None:

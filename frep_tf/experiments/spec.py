@@ -64,6 +64,7 @@ class Experiment:
     base_args: tuple[str, ...]  # main.py arguments, flagfile paths made absolute
     base_lines: tuple[int, ...]  # the line of each base argument
     axes: tuple[Axis, ...]
+    extra_args: tuple[str, ...] = ()  # flags from the runner's command line, for every cell (after the base)
 
     def cells(self) -> list[Cell]:
         out = []
@@ -84,6 +85,7 @@ class Experiment:
             "name": self.name,
             "file": self.path,
             "base_flags": list(self.base_args),
+            "command_line_flags": list(self.extra_args),
             "axes": [
                 {"flag": " ".join(a.flags), "flags": list(a.flags), "values": [list(v) for v in a.values]}
                 for a in self.axes
