@@ -107,6 +107,13 @@ def _read_json(path: str):
         raise ReportError(f"{path}: cannot be read ({exc.strerror})") from None
 
 
+def _read_object(path: str) -> dict:
+    value = _read_json(path)
+    if not isinstance(value, dict):
+        raise ReportError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
 def _parse_value(text):
     """A flag value as experiment.json spells it ("0.99", "true", "plain") -> a Python value."""
     if not isinstance(text, str):
@@ -138,9 +145,7 @@ def load_experiment(workdir: str) -> tuple[dict, list[Cell], list[tuple[str, lis
         raise ReportError(f"--workdir={workdir}: not a directory")
     problems: list[str] = []
     path = os.path.join(workdir, EXPERIMENT_FILE)
-    experiment = _read_json(path) if os.path.exists(path) else {}
-    if experiment and not isinstance(experiment, dict):
-        raise ReportError(f"{path}: expected a JSON object with 'cells' and 'axes'")
+    experiment = _read_object(path) if os.path.exists(path) else {}
     cells: dict[str, Cell] = {}
     for i, entry in enumerate(experiment.get("cells", [])):
         if not isinstance(entry, dict) or "name" not in entry:
@@ -173,16 +178,15 @@ def _load_cell(cell: Cell, problems: list[str]) -> None:
     cell.started = os.path.isdir(cell.dir)
     try:
         if os.path.exists(config_path):
-            cell.config = {k: v for k, v in _flatten(_read_json(config_path)).items()}
+            cell.config = _flatten(_read_object(config_path))
         if os.path.exists(results_path):  # written last: its presence means the run is complete
-            cell.results = _read_json(results_path)
+            cell.results = _read_object(results_path)
             cell.status = "finished"
         elif os.path.exists(failed_path):
-            cell.failure = _read_json(failed_path)
+            cell.failure = _read_object(failed_path)
             cell.status = "failed"
     except ReportError as exc:
-        cell.status, cell.failure = "failed", {"reason": f"unreadable: {exc}", "exit_status": None}
-        problems.append(str(exc))
+        cell.status, cell.results, cell.failure = "failed", None, {"reason": f"unreadable: {exc}", "exit_status": None}
     if cell.status == "finished" and cell.config is None:
         problems.append(f"{cell.dir}: results.json but no config.json; its settings come from experiment.json")
 
@@ -620,6 +624,8 @@ def figure_ensemble_vs_network(rows: list[Row], scalars: dict[str, dict], path: 
         if curves:
             steps, means = _mean_curve(curves)
             bottom.plot(steps + 1, means, color="tab:purple", marker=".")
+        else:  # --noensemble
+            bottom.text(0.5, 0.5, "no temporal ensemble", ha="center", va="center", transform=bottom.transAxes)
         prune_epoch = row.cells[0].setting("prune_epoch")
         if row.sparsity and prune_epoch is not None:
             for ax in (top, bottom):
