@@ -27,6 +27,7 @@ FAILED = "plain-0.99-seed2"
 STARTED = "hadamard-0.99-seed2"  # config.json only: a cell in progress
 ABSENT = "hadamard-0.9-seed2"  # listed in experiment.json, never started (another shard's)
 STALE_FAILURE = "plain-0.9-seed0"
+RESUMED = "hadamard-0.99-seed0"  # its last epoch is written again by a second process
 
 
 def cell_name(p, s, seed):
@@ -71,14 +72,16 @@ def write_config(cell_dir, p, s, seed):
         fh.write(cfg.to_json())
 
 
-def write_curves(log_dir, rng):
-    """Per-epoch scalars as EpochMonitor writes them (tf.summary.scalar, i.e. tensor summaries)."""
+def write_curves(log_dir, rng, curves=None, first=0):
+    """Per-epoch scalars as EpochMonitor writes them (tf.summary.scalar, i.e. tensor summaries), from
+    epoch `first` on, in a new event file (as a new process would)."""
     import tensorflow as tf
 
-    curves = {tag: rng.uniform(0, 1, EPOCHS) for tag in ("val_pgd_acc", "val_ensemble_pgd_acc", "ensemble_delta")}
+    tags = ("val_pgd_acc", "val_ensemble_pgd_acc", "ensemble_delta")
+    curves = curves or {tag: rng.uniform(0, 1, EPOCHS) for tag in tags}
     writer = tf.summary.create_file_writer(log_dir)
     with writer.as_default():
-        for epoch in range(EPOCHS):
+        for epoch in range(first, EPOCHS):
             for tag, values in curves.items():
                 tf.summary.scalar(tag, float(values[epoch]), step=epoch)
     writer.close()
@@ -114,6 +117,8 @@ def experiment(tmp_path_factory):
                     with open(os.path.join(cell_dir, "results.json"), "w") as fh:
                         json.dump(results[name], fh)
                     curves[name] = write_curves(os.path.join(cell_dir, "tb", "frep"), rng)
+                    if name == RESUMED:
+                        write_curves(os.path.join(cell_dir, "tb", "frep"), rng, curves[name], first=EPOCHS - 1)
                     if name == STALE_FAILURE:  # an earlier attempt failed; results.json says it is done now
                         with open(os.path.join(cell_dir, "failed.json"), "w") as fh:
                             json.dump({"reason": "killed", "exit_status": 137}, fh)
@@ -199,9 +204,9 @@ def test_cost_table_per_cell(experiment):
     for name, r in results.items():
         t = r["timings"]
         seed = name.rsplit("seed", 1)[1]
-        assert f"| `{name}` | " in text
-        line = next(line for line in text.splitlines() if line.startswith(f"| `{name}` |"))
+        line = next(line for line in text.splitlines() if line.startswith(f"| `{name}`"))
         assert line.endswith(f"| {seed} | {EPOCHS} | {t['train']:.1f} | {t['total']:.1f} |")
+        assert ("*resumed*" in line) == (name == RESUMED)
 
 
 def test_curves_are_read_from_the_tensorboard_files(experiment):

@@ -74,6 +74,7 @@ class Cell:
     failure: dict | None = None
     status: str = "pending"  # finished | failed | pending
     started: bool = False
+    resumed: bool = False  # more than one process wrote its tb/frep (a kill, then the same command again)
 
     def setting(self, flag: str):
         if self.config is not None and flag in self.config:
@@ -676,8 +677,11 @@ def write_report(workdir: str) -> dict:
     figures: dict[str, str] = {}
     scalars = {}
     for cell in finished:
+        log_dir = os.path.join(cell.dir, "tb", "frep")
+        if os.path.isdir(log_dir):
+            cell.resumed = sum(n.startswith("events.out.tfevents") for n in os.listdir(log_dir)) > 1
         try:
-            scalars[cell.name] = read_scalars(os.path.join(cell.dir, "tb", "frep"))
+            scalars[cell.name] = read_scalars(log_dir)
         except ReportError as exc:
             problems.append(str(exc))
     if rows:
@@ -803,7 +807,7 @@ def _markdown(workdir, experiment, cells, axes, rows, summaries, columns, figure
                 [
                     _row_label(row),
                     str(s["n"]),
-                    _pm(ep["mean"], ep["std"], 1, 0) if ep else "-",
+                    _pm(ep["mean"], ep["std"] or None, 1, 0) if ep else "-",
                     _pm(tr["mean"], tr["std"]) if tr else "-",
                     _pm(per_epoch[0], per_epoch[1], 1, 2),
                     _pm(t["mean"], t["std"]) if t else "-",
@@ -815,7 +819,9 @@ def _markdown(workdir, experiment, cells, axes, rows, summaries, columns, figure
         total = sum((c.results.get("timings") or {}).get("total", 0) for c in finished)
         out += [
             "",
-            f"Wall time, mean ± std over seeds; all {len(finished)} finished cells together: {total / 3600:.2f} h.",
+            f"Wall time, mean ± std over seeds; all {len(finished)} finished cells together: {total / 3600:.2f} h. "
+            "Times are those of the process that finished a cell: for a cell resumed after a kill (marked "
+            "*resumed*) they leave out the processes before.",
             "",
         ]
         out += ["Per cell:", ""]
@@ -826,7 +832,7 @@ def _markdown(workdir, experiment, cells, axes, rows, summaries, columns, figure
                 epochs = (c.results.get("training") or {}).get("epochs")
                 body.append(
                     [
-                        f"`{c.name}`",
+                        f"`{c.name}`" + (" *resumed*" if c.resumed else ""),
                         _row_label(row),
                         str(c.setting(REPLICATE_AXIS)),
                         str(epochs if epochs is not None else "-"),
