@@ -486,21 +486,26 @@ def figure_robust_vs_sparsity(rows: list[Row], path: str, dataset: str) -> bool:
                 lines.setdefault(_series_label(row), []).append((100 * row.sparsity, 100 * m, 100 * (s or 0), row))
         ticks = sorted({p[0] for points in lines.values() for p in points})
         # Lines sit side by side by a hair, so error bars at the same sparsity do not hide each other.
-        dodge = 0.012 * ((ticks[-1] - ticks[0]) if len(ticks) > 1 else 10.0) if ticks else 0.0
+        span = (ticks[-1] - ticks[0]) if len(ticks) > 1 else 10.0
+        dodge = 0.012 * span
+        seen: dict[tuple, int] = {}  # series of one method and kind tell themselves apart by marker
         for i, points in enumerate(lines.values()):
             points.sort(key=lambda p: p[0])
             shift = (i - (len(lines) - 1) / 2) * dodge
             first = points[0][3]
+            k = seen[(first.method, first.structured)] = seen.get((first.method, first.structured), -1) + 1
             ax.errorbar(
                 [p[0] + shift for p in points],
                 [p[1] for p in points],
                 yerr=[p[2] for p in points],
                 label=_series_label(first),
                 color=colors[first.method],
-                linestyle="--" if first.structured else "-",
-                marker="s" if first.structured else "o",
+                linestyle=("--" if first.structured else "-") if k == 0 else (":" if first.structured else "-."),
+                marker=("sXP" if first.structured else "o^Dv")[k % (3 if first.structured else 4)],
                 capsize=4,
             )
+        if len(ticks) == 1:
+            ax.set_xlim(ticks[0] - span / 2, ticks[0] + span / 2)
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}" for t in ticks])
         structured = any(r.structured for r in rows)
@@ -626,7 +631,11 @@ def figure_ensemble_vs_network(rows: list[Row], scalars: dict[str, dict], path: 
             steps, means = _mean_curve(curves)
             bottom.plot(steps + 1, means, color="tab:purple", marker=".")
         else:  # --noensemble
-            bottom.text(0.5, 0.5, "no temporal ensemble", ha="center", va="center", transform=bottom.transAxes)
+            bottom.text(
+                0.5, 0.5, "no temporal ensemble", ha="center", va="center", transform=bottom.transAxes,
+                bbox={"facecolor": "white", "edgecolor": "none"},
+            )  # fmt: skip
+            bottom.set_yticks([])
         prune_epoch = row.cells[0].setting("prune_epoch")
         if row.sparsity and prune_epoch is not None:
             for ax in (top, bottom):
