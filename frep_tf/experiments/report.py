@@ -754,7 +754,8 @@ def _markdown(workdir, experiment, cells, axes, rows, summaries, columns, figure
     out.append(
         f"Cells: {len(cells)} — {len(finished)} finished, {len(failed)} failed, {len(pending)} pending"
         + (f" ({started} started)" if started else "")
-        + ". This report covers the finished ones; rebuild it as more finish."
+        + ". This report covers the finished ones; rebuild it as more finish "
+        "(`python main.py --mode=report --workdir=<this directory>`)."
     )
     out.append("")
 
