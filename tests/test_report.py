@@ -280,6 +280,31 @@ def test_a_fresh_process_writes_the_same_bytes_without_tensorflow(experiment, tm
             assert a.read() == b.read(), rel
 
 
+def test_an_axis_over_several_flags_is_one_axis_per_flag(tmp_path):
+    """The runner's experiment.json for `axis sparsity structured = 0.9 false | 0.5 true`."""
+    cells = []
+    for s, st in (("0.9", "false"), ("0.5", "true")):
+        name = f"sparsity={s},structured={st}"
+        cells.append({"name": name, "dir": f"cells/{name}", "flags": {"sparsity": s, "structured": st}})
+        cfg = Config.from_flat({"dataset": "digits", "sparsity": float(s), "structured": st == "true"})
+        os.makedirs(tmp_path / "cells" / name)
+        (tmp_path / "cells" / name / "config.json").write_text(cfg.to_json())
+        (tmp_path / "cells" / name / "results.json").write_text(json.dumps({"evaluation": {}}))
+    axis = {
+        "flag": "sparsity structured",
+        "flags": ["sparsity", "structured"],
+        "values": [["0.9", "false"], ["0.5", "true"]],
+    }
+    (tmp_path / "experiment.json").write_text(json.dumps({"name": "x", "axes": [axis], "cells": cells}))
+    _, loaded, axes, problems = report.load_experiment(str(tmp_path))
+    assert axes == [("sparsity", [0.9, 0.5]), ("structured", [False, True])] and problems == []
+    rows = report.build_rows(loaded, axes)
+    assert [(r.method, r.sparsity, r.structured, r.others) for r in rows] == [
+        ("FReP", 0.9, False, {}),
+        ("FReP", 0.5, True, {}),
+    ]
+
+
 def test_unusable_workdirs_are_one_line_errors(tmp_path):
     with pytest.raises(report.ReportError, match=r"^--workdir=.*missing: not a directory$"):
         report.write_report(str(tmp_path / "missing"))

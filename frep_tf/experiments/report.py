@@ -204,9 +204,15 @@ def _axes(experiment: dict, cells: list[Cell], path: str, problems: list[str]) -
     if experiment.get("axes"):
         axes = []
         for i, axis in enumerate(experiment["axes"]):
-            if not isinstance(axis, dict) or "flag" not in axis:
+            if not isinstance(axis, dict) or not (axis.get("flags") or axis.get("flag")):
                 raise ReportError(f"{path}: axes[{i}] has no 'flag'")
-            axes.append((str(axis["flag"]), [_parse_value(v) for v in axis.get("values", [])]))
+            values = axis.get("values") or []
+            if axis.get("flags"):  # one axis setting several flags together: values are lists, one per flag
+                for j, flag in enumerate(axis["flags"]):
+                    points = [_parse_value(v[j] if isinstance(v, list) else v) for v in values]
+                    axes.append((str(flag), list(dict.fromkeys(points))))
+            else:
+                axes.append((str(axis["flag"]), [_parse_value(v) for v in values]))
         extra = [f for f in differing if f not in {a for a, _ in axes}]
         if extra:
             problems.append(
