@@ -756,6 +756,9 @@ def _markdown(workdir, experiment, cells, axes, rows, summaries, columns, figure
         out.append(f"Experiment {source or EXPERIMENT_FILE}; " + _axes_text(axes) + ".")
     else:
         out.append(f"No {EXPERIMENT_FILE}: cells found as `{CELLS_DIR}/*/config.json`; " + _axes_text(axes) + ".")
+    flags = [*experiment.get("base_flags", []), *experiment.get("command_line_flags", [])]
+    if flags:
+        out.append("Every cell: " + " ".join(f"`{f}`" for f in flags) + ".")
     started = sum(1 for c in pending if c.started)
     out.append(
         f"Cells: {len(cells)} — {len(finished)} finished, {len(failed)} failed, {len(pending)} pending"
