@@ -27,6 +27,7 @@ FAILED = "plain-0.99-seed2"
 STARTED = "hadamard-0.99-seed2"  # config.json only: a cell in progress
 ABSENT = "hadamard-0.9-seed2"  # listed in experiment.json, never started (another shard's)
 STALE_FAILURE = "plain-0.9-seed0"
+RESUMED = "hadamard-0.99-seed0"  # its last epoch is written again by a second process
 
 
 def cell_name(p, s, seed):
@@ -71,14 +72,16 @@ def write_config(cell_dir, p, s, seed):
         fh.write(cfg.to_json())
 
 
-def write_curves(log_dir, rng):
-    """Per-epoch scalars as EpochMonitor writes them (tf.summary.scalar, i.e. tensor summaries)."""
+def write_curves(log_dir, rng, curves=None, first=0):
+    """Per-epoch scalars as EpochMonitor writes them (tf.summary.scalar, i.e. tensor summaries), from
+    epoch `first` on, in a new event file (as a new process would)."""
     import tensorflow as tf
 
-    curves = {tag: rng.uniform(0, 1, EPOCHS) for tag in ("val_pgd_acc", "val_ensemble_pgd_acc", "ensemble_delta")}
+    tags = ("val_pgd_acc", "val_ensemble_pgd_acc", "ensemble_delta")
+    curves = curves or {tag: rng.uniform(0, 1, EPOCHS) for tag in tags}
     writer = tf.summary.create_file_writer(log_dir)
     with writer.as_default():
-        for epoch in range(EPOCHS):
+        for epoch in range(first, EPOCHS):
             for tag, values in curves.items():
                 tf.summary.scalar(tag, float(values[epoch]), step=epoch)
     writer.close()
@@ -114,6 +117,8 @@ def experiment(tmp_path_factory):
                     with open(os.path.join(cell_dir, "results.json"), "w") as fh:
                         json.dump(results[name], fh)
                     curves[name] = write_curves(os.path.join(cell_dir, "tb", "frep"), rng)
+                    if name == RESUMED:
+                        write_curves(os.path.join(cell_dir, "tb", "frep"), rng, curves[name], first=EPOCHS - 1)
                     if name == STALE_FAILURE:  # an earlier attempt failed; results.json says it is done now
                         with open(os.path.join(cell_dir, "failed.json"), "w") as fh:
                             json.dump({"reason": "killed", "exit_status": 137}, fh)
@@ -199,9 +204,9 @@ def test_cost_table_per_cell(experiment):
     for name, r in results.items():
         t = r["timings"]
         seed = name.rsplit("seed", 1)[1]
-        assert f"| `{name}` | " in text
-        line = next(line for line in text.splitlines() if line.startswith(f"| `{name}` |"))
+        line = next(line for line in text.splitlines() if line.startswith(f"| `{name}`"))
         assert line.endswith(f"| {seed} | {EPOCHS} | {t['train']:.1f} | {t['total']:.1f} |")
+        assert ("*resumed*" in line) == (name == RESUMED)
 
 
 def test_curves_are_read_from_the_tensorboard_files(experiment):
@@ -273,6 +278,31 @@ def test_a_fresh_process_writes_the_same_bytes_without_tensorflow(experiment, tm
         rel = os.path.relpath(path, workdir)
         with open(path, "rb") as a, open(copy / rel, "rb") as b:
             assert a.read() == b.read(), rel
+
+
+def test_an_axis_over_several_flags_is_one_axis_per_flag(tmp_path):
+    """The runner's experiment.json for `axis sparsity structured = 0.9 false | 0.5 true`."""
+    cells = []
+    for s, st in (("0.9", "false"), ("0.5", "true")):
+        name = f"sparsity={s},structured={st}"
+        cells.append({"name": name, "dir": f"cells/{name}", "flags": {"sparsity": s, "structured": st}})
+        cfg = Config.from_flat({"dataset": "digits", "sparsity": float(s), "structured": st == "true"})
+        os.makedirs(tmp_path / "cells" / name)
+        (tmp_path / "cells" / name / "config.json").write_text(cfg.to_json())
+        (tmp_path / "cells" / name / "results.json").write_text(json.dumps({"evaluation": {}}))
+    axis = {
+        "flag": "sparsity structured",
+        "flags": ["sparsity", "structured"],
+        "values": [["0.9", "false"], ["0.5", "true"]],
+    }
+    (tmp_path / "experiment.json").write_text(json.dumps({"name": "x", "axes": [axis], "cells": cells}))
+    _, loaded, axes, problems = report.load_experiment(str(tmp_path))
+    assert axes == [("sparsity", [0.9, 0.5]), ("structured", [False, True])] and problems == []
+    rows = report.build_rows(loaded, axes)
+    assert [(r.method, r.sparsity, r.structured, r.others) for r in rows] == [
+        ("FReP", 0.9, False, {}),
+        ("FReP", 0.5, True, {}),
+    ]
 
 
 def test_unusable_workdirs_are_one_line_errors(tmp_path):

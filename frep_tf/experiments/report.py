@@ -74,6 +74,7 @@ class Cell:
     failure: dict | None = None
     status: str = "pending"  # finished | failed | pending
     started: bool = False
+    resumed: bool = False  # more than one process wrote its tb/frep (a kill, then the same command again)
 
     def setting(self, flag: str):
         if self.config is not None and flag in self.config:
@@ -107,6 +108,13 @@ def _read_json(path: str):
         raise ReportError(f"{path}: cannot be read ({exc.strerror})") from None
 
 
+def _read_object(path: str) -> dict:
+    value = _read_json(path)
+    if not isinstance(value, dict):
+        raise ReportError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
 def _parse_value(text):
     """A flag value as experiment.json spells it ("0.99", "true", "plain") -> a Python value."""
     if not isinstance(text, str):
@@ -138,9 +146,7 @@ def load_experiment(workdir: str) -> tuple[dict, list[Cell], list[tuple[str, lis
         raise ReportError(f"--workdir={workdir}: not a directory")
     problems: list[str] = []
     path = os.path.join(workdir, EXPERIMENT_FILE)
-    experiment = _read_json(path) if os.path.exists(path) else {}
-    if experiment and not isinstance(experiment, dict):
-        raise ReportError(f"{path}: expected a JSON object with 'cells' and 'axes'")
+    experiment = _read_object(path) if os.path.exists(path) else {}
     cells: dict[str, Cell] = {}
     for i, entry in enumerate(experiment.get("cells", [])):
         if not isinstance(entry, dict) or "name" not in entry:
@@ -173,16 +179,15 @@ def _load_cell(cell: Cell, problems: list[str]) -> None:
     cell.started = os.path.isdir(cell.dir)
     try:
         if os.path.exists(config_path):
-            cell.config = {k: v for k, v in _flatten(_read_json(config_path)).items()}
+            cell.config = _flatten(_read_object(config_path))
         if os.path.exists(results_path):  # written last: its presence means the run is complete
-            cell.results = _read_json(results_path)
+            cell.results = _read_object(results_path)
             cell.status = "finished"
         elif os.path.exists(failed_path):
-            cell.failure = _read_json(failed_path)
+            cell.failure = _read_object(failed_path)
             cell.status = "failed"
     except ReportError as exc:
-        cell.status, cell.failure = "failed", {"reason": f"unreadable: {exc}", "exit_status": None}
-        problems.append(str(exc))
+        cell.status, cell.results, cell.failure = "failed", None, {"reason": f"unreadable: {exc}", "exit_status": None}
     if cell.status == "finished" and cell.config is None:
         problems.append(f"{cell.dir}: results.json but no config.json; its settings come from experiment.json")
 
@@ -199,9 +204,15 @@ def _axes(experiment: dict, cells: list[Cell], path: str, problems: list[str]) -
     if experiment.get("axes"):
         axes = []
         for i, axis in enumerate(experiment["axes"]):
-            if not isinstance(axis, dict) or "flag" not in axis:
+            if not isinstance(axis, dict) or not (axis.get("flags") or axis.get("flag")):
                 raise ReportError(f"{path}: axes[{i}] has no 'flag'")
-            axes.append((str(axis["flag"]), [_parse_value(v) for v in axis.get("values", [])]))
+            values = axis.get("values") or []
+            if axis.get("flags"):  # one axis setting several flags together: values are lists, one per flag
+                for j, flag in enumerate(axis["flags"]):
+                    points = [_parse_value(v[j] if isinstance(v, list) else v) for v in values]
+                    axes.append((str(flag), list(dict.fromkeys(points))))
+            else:
+                axes.append((str(axis["flag"]), [_parse_value(v) for v in values]))
         extra = [f for f in differing if f not in {a for a, _ in axes}]
         if extra:
             problems.append(
@@ -481,21 +492,26 @@ def figure_robust_vs_sparsity(rows: list[Row], path: str, dataset: str) -> bool:
                 lines.setdefault(_series_label(row), []).append((100 * row.sparsity, 100 * m, 100 * (s or 0), row))
         ticks = sorted({p[0] for points in lines.values() for p in points})
         # Lines sit side by side by a hair, so error bars at the same sparsity do not hide each other.
-        dodge = 0.012 * ((ticks[-1] - ticks[0]) if len(ticks) > 1 else 10.0) if ticks else 0.0
+        span = (ticks[-1] - ticks[0]) if len(ticks) > 1 else 10.0
+        dodge = 0.012 * span
+        seen: dict[tuple, int] = {}  # series of one method and kind tell themselves apart by marker
         for i, points in enumerate(lines.values()):
             points.sort(key=lambda p: p[0])
             shift = (i - (len(lines) - 1) / 2) * dodge
             first = points[0][3]
+            k = seen[(first.method, first.structured)] = seen.get((first.method, first.structured), -1) + 1
             ax.errorbar(
                 [p[0] + shift for p in points],
                 [p[1] for p in points],
                 yerr=[p[2] for p in points],
                 label=_series_label(first),
                 color=colors[first.method],
-                linestyle="--" if first.structured else "-",
-                marker="s" if first.structured else "o",
+                linestyle=("--" if first.structured else "-") if k == 0 else (":" if first.structured else "-."),
+                marker=("sXP" if first.structured else "o^Dv")[k % (3 if first.structured else 4)],
                 capsize=4,
             )
+        if len(ticks) == 1:
+            ax.set_xlim(ticks[0] - span / 2, ticks[0] + span / 2)
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}" for t in ticks])
         structured = any(r.structured for r in rows)
@@ -620,6 +636,12 @@ def figure_ensemble_vs_network(rows: list[Row], scalars: dict[str, dict], path: 
         if curves:
             steps, means = _mean_curve(curves)
             bottom.plot(steps + 1, means, color="tab:purple", marker=".")
+        else:  # --noensemble
+            bottom.text(
+                0.5, 0.5, "no temporal ensemble", ha="center", va="center", transform=bottom.transAxes,
+                bbox={"facecolor": "white", "edgecolor": "none"},
+            )  # fmt: skip
+            bottom.set_yticks([])
         prune_epoch = row.cells[0].setting("prune_epoch")
         if row.sparsity and prune_epoch is not None:
             for ax in (top, bottom):
@@ -670,8 +692,11 @@ def write_report(workdir: str) -> dict:
     figures: dict[str, str] = {}
     scalars = {}
     for cell in finished:
+        log_dir = os.path.join(cell.dir, "tb", "frep")
+        if os.path.isdir(log_dir):
+            cell.resumed = sum(n.startswith("events.out.tfevents") for n in os.listdir(log_dir)) > 1
         try:
-            scalars[cell.name] = read_scalars(os.path.join(cell.dir, "tb", "frep"))
+            scalars[cell.name] = read_scalars(log_dir)
         except ReportError as exc:
             problems.append(str(exc))
     if rows:
@@ -731,11 +756,15 @@ def _markdown(workdir, experiment, cells, axes, rows, summaries, columns, figure
         out.append(f"Experiment {source or EXPERIMENT_FILE}; " + _axes_text(axes) + ".")
     else:
         out.append(f"No {EXPERIMENT_FILE}: cells found as `{CELLS_DIR}/*/config.json`; " + _axes_text(axes) + ".")
+    flags = [*experiment.get("base_flags", []), *experiment.get("command_line_flags", [])]
+    if flags:
+        out.append("Every cell: " + " ".join(f"`{f}`" for f in flags) + ".")
     started = sum(1 for c in pending if c.started)
     out.append(
         f"Cells: {len(cells)} — {len(finished)} finished, {len(failed)} failed, {len(pending)} pending"
         + (f" ({started} started)" if started else "")
-        + ". This report covers the finished ones; rebuild it as more finish."
+        + ". This report covers the finished ones; rebuild it as more finish "
+        "(`python main.py --mode=report --workdir=<this directory>`)."
     )
     out.append("")
 
@@ -797,7 +826,7 @@ def _markdown(workdir, experiment, cells, axes, rows, summaries, columns, figure
                 [
                     _row_label(row),
                     str(s["n"]),
-                    _pm(ep["mean"], ep["std"], 1, 0) if ep else "-",
+                    _pm(ep["mean"], ep["std"] or None, 1, 0) if ep else "-",
                     _pm(tr["mean"], tr["std"]) if tr else "-",
                     _pm(per_epoch[0], per_epoch[1], 1, 2),
                     _pm(t["mean"], t["std"]) if t else "-",
@@ -809,7 +838,9 @@ def _markdown(workdir, experiment, cells, axes, rows, summaries, columns, figure
         total = sum((c.results.get("timings") or {}).get("total", 0) for c in finished)
         out += [
             "",
-            f"Wall time, mean ± std over seeds; all {len(finished)} finished cells together: {total / 3600:.2f} h.",
+            f"Wall time, mean ± std over seeds; all {len(finished)} finished cells together: {total / 3600:.2f} h. "
+            "Times are those of the process that finished a cell: for a cell resumed after a kill (marked "
+            "*resumed*) they leave out the processes before.",
             "",
         ]
         out += ["Per cell:", ""]
@@ -820,7 +851,7 @@ def _markdown(workdir, experiment, cells, axes, rows, summaries, columns, figure
                 epochs = (c.results.get("training") or {}).get("epochs")
                 body.append(
                     [
-                        f"`{c.name}`",
+                        f"`{c.name}`" + (" *resumed*" if c.resumed else ""),
                         _row_label(row),
                         str(c.setting(REPLICATE_AXIS)),
                         str(epochs if epochs is not None else "-"),
