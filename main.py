@@ -88,6 +88,7 @@ def main(argv) -> None:
 def _experiment(cfg) -> None:
     """--mode=experiment runs a grid of cells (each an ordinary run of this file); --mode=report writes its report."""
     from frep_tf.experiments import runner
+    from frep_tf.experiments.report import ReportError
     from frep_tf.experiments.spec import RESERVED, ExperimentError
 
     try:
@@ -102,7 +103,7 @@ def _experiment(cfg) -> None:
             if absl_flags.FLAGS[name].present and name not in RESERVED
         ]
         status = runner.run(cfg.run.experiment, cfg.run.workdir, shard=cfg.run.experiment_shard, extra_args=forwarded)
-    except ExperimentError as exc:
+    except (ExperimentError, ReportError) as exc:
         _fail(str(exc))
     if status:
         sys.exit(status)
