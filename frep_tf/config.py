@@ -19,7 +19,7 @@ FACTOR_INITS = ("random", "equal", "ones")
 ARCHITECTURES = ("vgg16", "resnet18", "resnet34", "resnet50", "wrn28_10", "wrn28_4", "small_cnn")
 PRUNE_SCHEDULES = ("oneshot", "gradual")
 ATTACK_BN_MODES = ("train", "eval")
-EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_sparse", "tflite_int8")
+EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_sparse", "tflite_int8", "tflite_int8_dense", "compact")
 EVAL_ATTACKS = ("clean", "fgsm", "pgd", "mim", "square", "autoattack", "apgd-ce", "apgd-t", "fab-t")
 # The columns of the FReP paper's Table I (attack, title); summary tables append other attacks after them.
 TABLE_I_COLUMNS = (
@@ -114,7 +114,10 @@ class EvalConfig:
     transfer_from: str = _f(
         "", "--mode=evaluate on a .tflite model: float model (.keras / SavedModel) to craft transfer PGD on"
     )
-    eval_tflite: bool = _f(True, "train mode: also evaluate the exported sparse TFLite model (clean + transfer PGD)")
+    eval_tflite: bool = _f(
+        True, "train mode: also evaluate every exported TFLite file (clean, transfer PGD, Square on the interpreter)"
+    )
+    tflite_square_queries: int = _f(1000, "train mode: Square queries per image on each exported TFLite file")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,7 +268,11 @@ def validate(cfg: Config) -> Config:
     attacks = cfg.attacks
     if not attacks or any(a not in EVAL_ATTACKS for a in attacks):
         raise _bad("eval_attacks", ev.eval_attacks, f"a comma-separated subset of {', '.join(EVAL_ATTACKS)}")
-    for flag, value in [("eval_pgd_steps", ev.eval_pgd_steps), ("val_pgd_steps", ev.val_pgd_steps)]:
+    for flag, value in [
+        ("eval_pgd_steps", ev.eval_pgd_steps),
+        ("val_pgd_steps", ev.val_pgd_steps),
+        ("tflite_square_queries", ev.tflite_square_queries),
+    ]:
         if value < 1:
             raise _bad(flag, value, "must be a positive integer")
     for flag, value in [("eval_samples", ev.eval_samples), ("val_samples", ev.val_samples)]:

@@ -8,7 +8,6 @@ classified correctly on the clean input and on the attack's output.
 """
 
 import dataclasses
-import threading
 import time
 
 import numpy as np
@@ -323,9 +322,15 @@ def markdown_table(results, *, name="model"):
     return "\n".join(lines) + "\n"
 
 
-def transfer_accuracy(
+def transfer_accuracy(source_model_fn, target_model_fn, x, y, **kwargs):
+    """Accuracy of target_model_fn (e.g. a TFLite model) on PGD examples crafted on
+    source_model_fn (e.g. the float Keras model it was exported from); see transfer_accuracies."""
+    return transfer_accuracies(source_model_fn, {"target": target_model_fn}, x, y, **kwargs)["target"]
+
+
+def transfer_accuracies(
     source_model_fn,
-    target_model_fn,
+    targets,
     x,
     y,
     *,
@@ -337,11 +342,10 @@ def transfer_accuracy(
     seed=0,
     progress=True,
 ):
-    """Accuracy of target_model_fn (e.g. a TFLite model) on PGD examples crafted on
-    source_model_fn (e.g. the float Keras model it was exported from).
+    """PGD examples crafted once on source_model_fn, evaluated on each of `targets` ({name: model_fn}).
 
-    Returns {"accuracy": target correct on clean and adversarial input, "clean_accuracy",
-    "source_accuracy": the source model's own PGD accuracy, "samples", "seconds"}.
+    Returns {name: {"accuracy": target correct on clean and adversarial input, "clean_accuracy",
+    "source_accuracy": the source model's own PGD accuracy, "samples", "seconds"}}.
     """
     common.require_gradients(source_model_fn)
     start = time.perf_counter()
@@ -359,113 +363,23 @@ def transfer_accuracy(
         compiled, x, y, batch_size=batch_size, seed=seed, desc="transfer pgd", progress=progress
     )
     source_clean = common.predictor(source_model_fn, x.shape)(x, batch_size) == y
-    predict_target = common.predictor(target_model_fn, x.shape)
-    target_clean = predict_target(x, batch_size) == y
-    target_adv = predict_target(x_adv, batch_size) == y
-    return {
-        "accuracy": float(np.mean(target_clean & target_adv)),
-        "clean_accuracy": float(np.mean(target_clean)),
-        "source_accuracy": float(np.mean(source_clean & source_ok)),
-        "samples": int(len(y)),
-        "seconds": round(time.perf_counter() - start, 3),
-    }
+    source_accuracy = float(np.mean(source_clean & source_ok))
+    crafted = time.perf_counter() - start
+    out = {}
+    for name, target_model_fn in targets.items():
+        t = time.perf_counter()
+        predict_target = common.predictor(target_model_fn, x.shape)
+        target_clean = predict_target(x, batch_size) == y
+        target_adv = predict_target(x_adv, batch_size) == y
+        out[name] = {
+            "accuracy": float(np.mean(target_clean & target_adv)),
+            "clean_accuracy": float(np.mean(target_clean)),
+            "source_accuracy": source_accuracy,
+            "samples": int(len(y)),
+            "seconds": round(crafted + time.perf_counter() - t, 3),
+        }
+    return out
 
 
-class TFLiteModel:
-    """A LiteRT interpreter as a model callable: float32 [0, 1] inputs in, float32 logits out.
-
-    Quantized (int8/uint8) inputs and outputs are (de)quantized with the model's own
-    parameters; the batch dimension is resized to each call's batch (or, for models that cannot
-    be resized, run in slices of their fixed batch). It has no gradients (`differentiable` is
-    False); inside tf.function it runs through tf.numpy_function. The XNNPACK delegate is off
-    by default because sparse int8 kernels need the plain builtin resolver.
-    """
-
-    differentiable = False
-
-    def __init__(self, path, *, num_threads=None, xnnpack=False):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        self.path = str(path)
-        resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        self._interpreter = Interpreter(
-            model_path=self.path, num_threads=num_threads, experimental_op_resolver_type=resolver
-        )
-        self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
-        self._base_shape = tuple(int(d) for d in self._input["shape"])
-        self._batch = self._base_shape[0]
-        self._resizable = True
-        # Interpreter calls are not thread-safe, and TF may run independent ops in parallel.
-        self._lock = threading.Lock()
-        self.num_classes = int(self._output["shape"][-1])
-
-    def __repr__(self):
-        return f"TFLiteModel({self.path!r})"
-
-    def _quantize(self, x):
-        dtype = self._input["dtype"]
-        scale, zero_point = self._input["quantization"]
-        if np.issubdtype(dtype, np.integer) and scale > 0:
-            info = np.iinfo(dtype)
-            return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-        return x.astype(dtype)
-
-    def _dequantize(self, out):
-        scale, zero_point = self._output["quantization"]
-        if np.issubdtype(out.dtype, np.integer) and scale > 0:
-            return ((out.astype(np.float32) - zero_point) * scale).astype(np.float32)
-        return out.astype(np.float32)
-
-    def _invoke(self, x):
-        self._interpreter.set_tensor(self._input["index"], self._quantize(x))
-        self._interpreter.invoke()
-        return self._dequantize(self._interpreter.get_tensor(self._output["index"]))
-
-    def _resize(self, batch):
-        if batch == self._batch:
-            return True
-        if not self._resizable:
-            return False
-        try:
-            self._interpreter.resize_tensor_input(self._input["index"], [batch, *self._base_shape[1:]])
-            self._interpreter.allocate_tensors()
-        except (RuntimeError, ValueError):
-            self._resizable = False
-            self._interpreter.resize_tensor_input(self._input["index"], list(self._base_shape))
-            self._interpreter.allocate_tensors()
-            self._batch = self._base_shape[0]
-            return False
-        self._batch = batch
-        return True
-
-    def predict_numpy(self, x):
-        """Logits of a numpy batch."""
-        x = np.asarray(x, np.float32)
-        if tuple(x.shape[1:]) != self._base_shape[1:]:
-            raise ValueError(f"{self!r} takes inputs of shape {self._base_shape[1:]}. Received: shape={x.shape}")
-        if len(x) == 0:
-            return np.zeros([0, self.num_classes], np.float32)
-        with self._lock:
-            if self._resize(len(x)):
-                return self._invoke(x)
-            # A fixed batch size: run slices of that size, padding the last one.
-            step = self._batch
-            outs = []
-            for start in range(0, len(x), step):
-                part = x[start : start + step]
-                padded = np.concatenate([part, np.repeat(part[-1:], step - len(part), 0)])
-                outs.append(self._invoke(padded)[: len(part)])
-            return np.concatenate(outs)
-
-    def __call__(self, x):
-        x = tf.convert_to_tensor(x, tf.float32)
-        logits = tf.numpy_function(self.predict_numpy, [x], tf.float32)
-        logits.set_shape([x.shape[0], self.num_classes])
-        return logits
-
-
-def tflite_model_fn(path, *, num_threads=None, xnnpack=False):
-    """A model callable running the .tflite file at `path` with the LiteRT interpreter."""
-    return TFLiteModel(path, num_threads=num_threads, xnnpack=xnnpack)
+# The LiteRT wrapper lives with the TFLite files (frep_tf.tflite); kept importable from here.
+from frep_tf.tflite import TFLiteModel, tflite_model_fn  # noqa: E402,F401
