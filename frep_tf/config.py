@@ -31,7 +31,7 @@ TABLE_I_COLUMNS = (
     ("autoattack", "AA"),
 )
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
-MODES = ("train", "evaluate")
+MODES = ("train", "evaluate", "predict")
 
 
 class ConfigError(ValueError):
@@ -110,7 +110,9 @@ class EvalConfig:
     eval_samples: int = _f(0, "test examples attacked; 0 = the full test split")
     val_pgd_steps: int = _f(10, "PGD steps of the per-epoch validation robustness (TensorBoard)")
     val_samples: int = _f(512, "validation examples attacked each epoch")
-    model: str = _f("", "--mode=evaluate: a .keras file, SavedModel directory or .tflite file")
+    model: str = _f("", "--mode=evaluate|predict: a .keras file, SavedModel directory or .tflite file")
+    images: str = _f("", "--mode=predict: a folder of images or a .npz file to classify")
+    predictions: str = _f("", "--mode=predict: write the predictions to this CSV file (default: print them)")
     transfer_from: str = _f(
         "", "--mode=evaluate on a .tflite model: float model (.keras / SavedModel) to craft transfer PGD on"
     )
@@ -122,7 +124,7 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    mode: str = _f("train", "train | evaluate", choices=MODES)
+    mode: str = _f("train", "train | evaluate | predict", choices=MODES)
     workdir: str = _f("runs/default", "output directory (config.json, tb/, export/, results.json)")
     seed: int = _f(0, "random seed (weights, data order, perturbations)")
     export: str = _f("keras,saved_model,tflite,tflite_sparse", "comma-separated export formats")
@@ -294,7 +296,22 @@ def validate(cfg: Config) -> Config:
                 f"{', '.join(gradient)} need gradients, which a .tflite model has not: use clean, square "
                 "(and --transfer_from=FLOAT_MODEL for transfer PGD)",
             )
-    for flag, path in (("model", ev.model if r.mode == "evaluate" else ""), ("transfer_from", ev.transfer_from)):
+    if r.mode == "predict":
+        for flag, value, what in (
+            ("model", ev.model, "an exported model file"),
+            ("images", ev.images, "a folder or .npz"),
+        ):
+            if not value:
+                raise _bad(flag, "''", f"--mode=predict needs --{flag}=PATH ({what})")
+        if not os.path.exists(ev.images):
+            raise _bad("images", ev.images, "no such file or directory")
+    elif ev.images or ev.predictions:
+        flag = "images" if ev.images else "predictions"
+        raise _bad(flag, getattr(ev, flag), "only with --mode=predict")
+    if ev.predictions and not os.path.isdir(os.path.dirname(os.path.abspath(ev.predictions))):
+        raise _bad("predictions", ev.predictions, "its directory does not exist")
+    model_flag_used = r.mode in ("evaluate", "predict")
+    for flag, path in (("model", ev.model if model_flag_used else ""), ("transfer_from", ev.transfer_from)):
         if path and not os.path.exists(path):
             raise _bad(flag, path, "no such file or directory")
     if ev.transfer_from and not ev.model.endswith(".tflite"):

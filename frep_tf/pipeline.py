@@ -312,6 +312,8 @@ def run(cfg: Config) -> dict:
     from frep_tf import data
 
     validate(cfg)
+    if cfg.run.mode == "predict":  # needs neither a workdir nor a dataset
+        return run_predict(cfg)
     # Read-only: refuses a workdir made with other settings, and finds a finished run.
     state = resume.inspect(cfg, schema_version=RESULTS_SCHEMA_VERSION)
     if state.finished:
@@ -573,6 +575,23 @@ def run_evaluate(cfg: Config) -> dict:
         write_json_atomic(os.path.join(cfg.run.workdir, resume.RESULTS_FILE), results)
     print(summary_table(results))
     return results
+
+
+def run_predict(cfg: Config) -> dict:
+    """Classify --images with --model (any exported format); print the CSV or write it to --predictions."""
+    from frep_tf import predict
+
+    rows = predict.predict(cfg.eval.model, cfg.eval.images, batch_size=cfg.data.eval_batch_size)
+    text = predict.to_csv(rows)
+    if cfg.eval.predictions:
+        tmp = cfg.eval.predictions + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, cfg.eval.predictions)
+        print(f"[frep_tf] {len(rows)} predictions written to {cfg.eval.predictions}", flush=True)
+    else:
+        print(text, end="", flush=True)
+    return {"mode": "predict", "predictions": [{"image": n, "class": c, "probability": p} for n, c, p in rows]}
 
 
 def _info_dict(info) -> dict:

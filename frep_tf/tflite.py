@@ -81,6 +81,11 @@ class TFLiteModel:
         self._lock = threading.Lock()
         self.num_classes = int(self._output["shape"][-1])
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(H, W, C) of one image, as the file states it."""
+        return self._base_shape[1:]
+
     def __repr__(self):
         return f"TFLiteModel({self.path!r})"
 
@@ -119,6 +124,18 @@ class TFLiteModel:
             return False
         self._batch = batch
         return True
+
+    def bind(self, x):
+        """Set `x` (a numpy batch) as the input of the next `invoke` calls (for timing)."""
+        x = np.asarray(x, np.float32)
+        with self._lock:
+            if not self._resize(len(x)):
+                raise ValueError(f"{self!r} has a fixed batch of {self._batch}. Received: batch={len(x)}")
+            self._interpreter.set_tensor(self._input["index"], self._quantize(x))
+
+    def invoke(self):
+        """One run of the interpreter on the bound input (see `bind`)."""
+        self._interpreter.invoke()
 
     def predict_numpy(self, x):
         """Logits of a numpy batch."""
