@@ -4,10 +4,11 @@ accuracy and robust accuracy from the run's evaluation: one table, one command.
     python benchmarks/tflite_latency.py --workdir=runs/quickstart
     python benchmarks/tflite_latency.py --build=resnet18_ch70 --workdir=/tmp/r18_ch70
 
-`--build=resnet18_ch70` first writes the files to time (no training): ResNet-18 on CIFAR-10 shapes
-(32x32x3, 10 classes) with FReP-CH layers and random weights, 70 % of its channels removed by the
-structured pruning of training (residual groups, bias and BatchNorm zeroed), fused and exported as
-float (dense and sparse-encoded), int8 (dense and sparse-encoded) and compact (float and int8).
+`--build` first writes the files to time (no training): ResNet-18 on CIFAR-10 shapes (32x32x3, 10
+classes), random weights, pruned as training prunes: `resnet18_ch70` has FReP-CH layers and 70 % of
+its channels removed by structured pruning (residual groups, bias and BatchNorm zeroed), exported as
+float (dense and sparse-encoded), int8 (dense and sparse-encoded) and compact (float and int8);
+`resnet18_s99` has FReP layers with 99 % of kernel weights removed by unstructured pruning.
 int8 files are calibrated on random images there, so their top-1 agreement says little; accuracy
 columns need a trained run (`--workdir` of `python main.py ... --export=...`).
 
@@ -43,8 +44,15 @@ TITLES = {
 }
 
 
-def build_resnet18_ch70(workdir: str, sparsity: float = 0.7, seed: int = 0) -> dict:
-    """Export the random-weight ResNet-18 FReP-CH with `sparsity` of its channels removed into workdir."""
+BUILDS = {
+    # name: (parameterization, structured, sparsity, formats)
+    "resnet18_ch70": ("channel", True, 0.7, ("tflite", "tflite_sparse", "tflite_int8_dense", "tflite_int8", "compact")),
+    "resnet18_s99": ("hadamard", False, 0.99, ("tflite", "tflite_sparse", "tflite_int8_dense", "tflite_int8")),
+}
+
+
+def build(name: str, workdir: str, seed: int = 0) -> dict:
+    """Export a random-weight ResNet-18 pruned as `name` says (BUILDS) into workdir; write results.json."""
     import keras
     import numpy as np
 
@@ -53,16 +61,28 @@ def build_resnet18_ch70(workdir: str, sparsity: float = 0.7, seed: int = 0) -> d
     from frep_tf.layers import reparam_layers
     from frep_tf.models import build_model
     from frep_tf.structure import channel_graph
-    from frep_tf.training.pruning import group_channel_keep, kernel_sparsity, zero_removed_channels
+    from frep_tf.training.pruning import (
+        global_unstructured_masks,
+        group_channel_keep,
+        kernel_sparsity,
+        zero_removed_channels,
+    )
 
+    parameterization, structured, sparsity, formats = BUILDS[name]
     keras.utils.set_random_seed(seed)
-    net = build_model("resnet18", input_shape=(32, 32, 3), num_classes=10, parameterization="channel")
-    graph = channel_graph(net)
+    net = build_model("resnet18", input_shape=(32, 32, 3), num_classes=10, parameterization=parameterization)
     layers = reparam_layers(net)
-    keep = group_channel_keep({layer.name: np.asarray(layer.fused_kernel()) for layer in layers}, graph, sparsity)
-    for layer in layers:
-        layer.mask.assign(np.broadcast_to(keep[graph.output_group[layer.name]], layer.mask.shape).astype("float32"))
-    zero_removed_channels(net, graph)
+    kernels = [np.asarray(layer.fused_kernel()) for layer in layers]
+    if structured:  # what GlobalPruning(structured=True) does during training
+        graph = channel_graph(net)
+        keep = group_channel_keep({layer.name: k for layer, k in zip(layers, kernels, strict=True)}, graph, sparsity)
+        masks = [np.broadcast_to(keep[graph.output_group[layer.name]], layer.mask.shape) for layer in layers]
+    else:
+        masks = global_unstructured_masks(kernels, sparsity)
+    for layer, mask in zip(layers, masks, strict=True):
+        layer.mask.assign(np.asarray(mask, np.float32))
+    if structured:
+        zero_removed_channels(net, graph)
     fused = fuse(net)
     rng = np.random.default_rng(seed)
     x = rng.random((16, 32, 32, 3)).astype("float32")
@@ -71,7 +91,7 @@ def build_resnet18_ch70(workdir: str, sparsity: float = 0.7, seed: int = 0) -> d
     records = export.export_model(
         fused,
         os.path.join(workdir, "export"),
-        formats=("tflite", "tflite_sparse", "tflite_int8_dense", "tflite_int8", "compact"),
+        formats=formats,
         check_inputs=x,
         representative=calibration,
         int8_min_agreement=0.0,  # random weights: top-1 margins are tiny; the agreement is reported
@@ -79,9 +99,10 @@ def build_resnet18_ch70(workdir: str, sparsity: float = 0.7, seed: int = 0) -> d
     )
     results = {
         "mode": "build",
-        "model": {"arch": "resnet18", "parameterization": "channel", "weights": "random", "seed": seed},
+        "model": {"arch": "resnet18", "parameterization": parameterization, "weights": "random", "seed": seed},
+        "pruning": {"structured": structured, "sparsity": sparsity},
         "sparsity": kernel_sparsity(fused),
-        "compact": report,
+        "compact": report or None,
         "exports": [
             {"format": r.format, "path": os.path.relpath(r.path, workdir), "bytes": r.bytes, "agreement": r.agreement}
             for r in records
@@ -169,7 +190,7 @@ def table(results: dict, workdir: str, timings: dict, threads) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="a run's workdir (results.json, export/)")
-    parser.add_argument("--build", choices=("resnet18_ch70",), default=None, help="first write these files")
+    parser.add_argument("--build", choices=tuple(BUILDS), default=None, help="first write these files")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--rounds", type=int, default=100, help="timed invocations per file and thread count")
     parser.add_argument("--warmup", type=int, default=10)
@@ -178,7 +199,7 @@ def main() -> None:
     threads = [int(t) for t in args.threads.split(",")]
     if args.build:
         os.makedirs(args.workdir, exist_ok=True)
-        build_resnet18_ch70(args.workdir)
+        build(args.build, args.workdir)
     path = os.path.join(args.workdir, "results.json")
     if not os.path.exists(path):
         sys.exit(f"error: --workdir={args.workdir}: no results.json (run main.py there, or use --build)")
