@@ -234,12 +234,12 @@ def _verbose(cfg: Config) -> int:
 
 
 def evaluate_classifier(model_fn, x, y, cfg: Config):
-    from frep_tf import evaluate
+    from frep_tf import evaluation
 
     n = cfg.eval.eval_samples
     if n:
         x, y = x[:n], y[:n]
-    return evaluate.evaluate_model(
+    return evaluation.evaluate_model(
         model_fn,
         x,
         y,
@@ -258,7 +258,7 @@ def evaluate_deployed(paths: dict, source_model_fn, x, y, cfg: Config, num_class
     interpreter itself, and PGD crafted once on the float model and transferred to each file (a
     quantised file can look robust to white-box attacks because its gradients are masked; these two
     do not use its gradients). `paths` maps export format -> file."""
-    from frep_tf import evaluate
+    from frep_tf import evaluation
     from frep_tf.model_io import load_classifier
 
     n = cfg.eval.eval_samples
@@ -270,7 +270,7 @@ def evaluate_deployed(paths: dict, source_model_fn, x, y, cfg: Config, num_class
     transfer = transfer_pgd(source_model_fn, targets, x, y, cfg)
     out = {}
     for fmt, path in paths.items():
-        ev = evaluate.evaluate_model(
+        ev = evaluation.evaluate_model(
             targets[fmt],
             x,
             y,
@@ -293,9 +293,9 @@ def evaluate_deployed(paths: dict, source_model_fn, x, y, cfg: Config, num_class
 
 def transfer_pgd(source_model_fn, targets: dict, x, y, cfg: Config) -> dict:
     """PGD (--eval_pgd_steps) crafted on `source_model_fn`, evaluated on each of `targets`."""
-    from frep_tf import evaluate
+    from frep_tf import evaluation
 
-    return evaluate.transfer_accuracies(
+    return evaluation.transfer_accuracies(
         source_model_fn,
         targets,
         x,
