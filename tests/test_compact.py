@@ -162,3 +162,42 @@ def test_compact_export_writes_every_file_and_each_matches(tmp_path):
     assert names["compact_tflite_int8"].agreement >= 0.9
     assert names["compact_tflite"].bytes * 5 <= names["tflite"].bytes
     assert report["params_after"] < report["params_before"]
+
+
+def test_group_ranking_uses_the_mean_member_norm_and_counts_every_member_in_the_budget():
+    # a and b are summed by an Add (one group of 2 members, 4 channels); c is alone (4 channels).
+    inputs = keras.Input((4, 4, 2))
+    a = keras.layers.Conv2D(4, 1, name="a")(inputs)
+    b = keras.layers.Conv2D(4, 1, name="b")(inputs)
+    c = keras.layers.Conv2D(4, 1, name="c")(keras.layers.Add(name="add")([a, b]))
+    out = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D(name="gap")(c))
+    graph = channel_graph(keras.Model(inputs, out))
+    assert graph.group_of("a") is graph.group_of("b") and graph.group_of("a") is not graph.group_of("c")
+    assert graph.group_of("head").frozen and graph.input_group["head"] == graph.output_group["c"]
+
+    def kernel(norms, cin):
+        k = np.zeros((1, 1, cin, len(norms)), np.float32)
+        k[0, 0, 0] = norms  # column j has L2 norm norms[j]
+        return k
+
+    kernels = {
+        "a": kernel([4.0, 3.0, 0.1, 0.1], 2),
+        "b": kernel([0.0, 3.0, 0.1, 0.1], 2),  # channel 0 of the group: mean 2.0, channel 1: mean 3.0
+        "c": kernel([2.5, 2.2, 0.5, 0.2], 4),
+        "head": np.ones((4, 3), np.float32),
+    }
+    # 12 member channels (8 in the group, 4 in c). Keep 4: the best of each group first (group ch 1,
+    # mean 3.0, 2 members; c ch 0, 2.5), then c ch 1 (2.2) before group ch 0 (mean 2.0; its sum, 4.0,
+    # would have come first).
+    keep = group_channel_keep(kernels, graph, sparsity=2 / 3)
+    np.testing.assert_array_equal(keep[graph.output_group["a"]], [False, True, False, False])
+    np.testing.assert_array_equal(keep[graph.output_group["c"]], [True, True, False, False])
+    # Keep 6: then group ch 0 (2 members).
+    keep = group_channel_keep(kernels, graph, sparsity=0.5)
+    np.testing.assert_array_equal(keep[graph.output_group["a"]], [True, True, False, False])
+    np.testing.assert_array_equal(keep[graph.output_group["c"]], [True, True, False, False])
+    assert keep[graph.output_group["head"]].all()
+    # At 99 % every group still keeps its best channel.
+    keep = group_channel_keep(kernels, graph, sparsity=0.99)
+    np.testing.assert_array_equal(keep[graph.output_group["a"]], [False, True, False, False])
+    np.testing.assert_array_equal(keep[graph.output_group["c"]], [True, False, False, False])
