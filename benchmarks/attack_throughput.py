@@ -42,7 +42,7 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from frep_tf import evaluate
+    from frep_tf import evaluation
     from frep_tf.attacks import autoattack
     from frep_tf.fuse import fuse
     from frep_tf.models import build_model
@@ -78,7 +78,7 @@ def main() -> None:
                 for stage in autoattack.ATTACKS:
                     measured.setdefault(f"autoattack {stage}", []).append((scale, res.seconds[stage]))
             else:
-                out = evaluate.evaluate_model(
+                out = evaluation.evaluate_model(
                     model_fn,
                     x,
                     y,

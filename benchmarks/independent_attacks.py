@@ -101,13 +101,13 @@ def load_test_arrays(args):
 
 
 def run_ours(model_fn, x, y, eps, seeds, attacks, batch_size):
-    from frep_tf import evaluate
+    from frep_tf import evaluation
 
     names = [a for a in OURS if a in attacks]
     points, seconds = {}, {}
     for seed in seeds:
         per_point = {}
-        out = evaluate.evaluate_model(
+        out = evaluation.evaluate_model(
             model_fn,
             x,
             y,

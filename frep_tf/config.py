@@ -19,7 +19,7 @@ FACTOR_INITS = ("random", "equal", "ones")
 ARCHITECTURES = ("vgg16", "resnet18", "resnet34", "resnet50", "wrn28_10", "wrn28_4", "small_cnn")
 PRUNE_SCHEDULES = ("oneshot", "gradual")
 ATTACK_BN_MODES = ("train", "eval")
-EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_sparse", "tflite_int8")
+EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_sparse", "tflite_int8", "tflite_int8_dense", "compact")
 EVAL_ATTACKS = ("clean", "fgsm", "pgd", "mim", "square", "autoattack", "apgd-ce", "apgd-t", "fab-t")
 # The columns of the FReP paper's Table I (attack, title); summary tables append other attacks after them.
 TABLE_I_COLUMNS = (
@@ -31,7 +31,7 @@ TABLE_I_COLUMNS = (
     ("autoattack", "AA"),
 )
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
-MODES = ("train", "evaluate", "experiment", "report")
+MODES = ("train", "evaluate", "predict", "experiment", "report")
 
 
 class ConfigError(ValueError):
@@ -118,19 +118,25 @@ class EvalConfig:
     eval_samples: int = _f(0, "test examples attacked; 0 = the full test split")
     val_pgd_steps: int = _f(10, "PGD steps of the per-epoch validation robustness (TensorBoard)")
     val_samples: int = _f(512, "validation examples attacked each epoch")
-    model: str = _f("", "--mode=evaluate: a .keras file, SavedModel directory or .tflite file")
+    model: str = _f("", "--mode=evaluate|predict: a .keras file, SavedModel directory or .tflite file")
+    images: str = _f("", "--mode=predict: a folder of images or a .npz file to classify")
+    predictions: str = _f("", "--mode=predict: write the predictions to this CSV file (default: print them)")
     transfer_from: str = _f(
         "", "--mode=evaluate on a .tflite model: float model (.keras / SavedModel) to craft transfer PGD on"
     )
-    eval_tflite: bool = _f(True, "train mode: also evaluate the exported sparse TFLite model (clean + transfer PGD)")
+    eval_tflite: bool = _f(
+        True, "train mode: also evaluate every exported TFLite file (clean, transfer PGD, Square on the interpreter)"
+    )
+    tflite_square_queries: int = _f(1000, "train mode: Square queries per image on each exported TFLite file")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     mode: str = _f(
         "train",
-        "train: one run; evaluate: attack a saved model; experiment: a grid of runs (--experiment) and its report; "
-        "report: report.md + figures of an experiment --workdir",
+        "train: one run; evaluate: attack a saved model; predict: classify images with an exported model; "
+        "experiment: a grid of runs (--experiment) and its report; report: report.md + figures of an experiment "
+        "--workdir",
         choices=MODES,
     )
     workdir: str = _f("runs/default", "output directory (config.json, tb/, export/, results.json)")
@@ -282,7 +288,11 @@ def validate(cfg: Config) -> Config:
     attacks = cfg.attacks
     if not attacks or any(a not in EVAL_ATTACKS for a in attacks):
         raise _bad("eval_attacks", ev.eval_attacks, f"a comma-separated subset of {', '.join(EVAL_ATTACKS)}")
-    for flag, value in [("eval_pgd_steps", ev.eval_pgd_steps), ("val_pgd_steps", ev.val_pgd_steps)]:
+    for flag, value in [
+        ("eval_pgd_steps", ev.eval_pgd_steps),
+        ("val_pgd_steps", ev.val_pgd_steps),
+        ("tflite_square_queries", ev.tflite_square_queries),
+    ]:
         if value < 1:
             raise _bad(flag, value, "must be a positive integer")
     for flag, value in [("eval_samples", ev.eval_samples), ("val_samples", ev.val_samples)]:
@@ -304,7 +314,22 @@ def validate(cfg: Config) -> Config:
                 f"{', '.join(gradient)} need gradients, which a .tflite model has not: use clean, square "
                 "(and --transfer_from=FLOAT_MODEL for transfer PGD)",
             )
-    for flag, path in (("model", ev.model if r.mode == "evaluate" else ""), ("transfer_from", ev.transfer_from)):
+    if r.mode == "predict":
+        for flag, value, what in (
+            ("model", ev.model, "an exported model file"),
+            ("images", ev.images, "a folder or .npz"),
+        ):
+            if not value:
+                raise _bad(flag, "''", f"--mode=predict needs --{flag}=PATH ({what})")
+        if not os.path.exists(ev.images):
+            raise _bad("images", ev.images, "no such file or directory")
+    elif ev.images or ev.predictions:
+        flag = "images" if ev.images else "predictions"
+        raise _bad(flag, getattr(ev, flag), "only with --mode=predict")
+    if ev.predictions and not os.path.isdir(os.path.dirname(os.path.abspath(ev.predictions))):
+        raise _bad("predictions", ev.predictions, "its directory does not exist")
+    model_flag_used = r.mode in ("evaluate", "predict")
+    for flag, path in (("model", ev.model if model_flag_used else ""), ("transfer_from", ev.transfer_from)):
         if path and not os.path.exists(path):
             raise _bad(flag, path, "no such file or directory")
     if ev.transfer_from and not ev.model.endswith(".tflite"):

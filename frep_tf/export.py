@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-FORMATS = ("keras", "saved_model", "tflite", "tflite_sparse", "tflite_int8")
+FORMATS = ("keras", "saved_model", "tflite", "tflite_sparse", "tflite_int8", "tflite_int8_dense", "compact")
 DEFAULT_FORMATS = ("keras", "saved_model", "tflite", "tflite_sparse")
 FILENAMES = {
     "keras": "model.keras",
@@ -23,7 +23,28 @@ FILENAMES = {
     "tflite": "model.tflite",
     "tflite_sparse": "model_sparse.tflite",
     "tflite_int8": "model_int8_sparse.tflite",
+    "tflite_int8_dense": "model_int8.tflite",
+    # `compact` (structured pruning with the removed channels taken out, frep_tf.compact) writes these:
+    "compact_keras": "model_compact.keras",
+    "compact_saved_model": "saved_model_compact",
+    "compact_tflite": "model_compact.tflite",
+    "compact_tflite_int8": "model_compact_int8.tflite",
 }
+# What `compact` expands to: (record format, the plain format it is written as).
+COMPACT_FORMATS = (
+    ("compact_keras", "keras"),
+    ("compact_saved_model", "saved_model"),
+    ("compact_tflite", "tflite"),
+    ("compact_tflite_int8", "tflite_int8_dense"),
+)
+TFLITE_FORMATS = (
+    "tflite",
+    "tflite_sparse",
+    "tflite_int8",
+    "tflite_int8_dense",
+    "compact_tflite",
+    "compact_tflite_int8",
+)
 
 
 class ExportError(RuntimeError):
@@ -37,6 +58,7 @@ class ExportRecord:
     bytes: int
     max_abs_diff: float  # vs the Keras outputs on the check inputs (int8: max |logit| diff)
     seconds: float
+    agreement: float | None = None  # int8: share of check inputs with the Keras model's top-1 class
 
 
 def _size(path: str) -> int:
@@ -53,48 +75,11 @@ def _replace(tmp: str, final: str) -> None:
     os.replace(tmp, final)
 
 
-def tflite_predict(path_or_bytes, x: np.ndarray) -> np.ndarray:
-    """Run a TFLite model on a batch with the LiteRT interpreter (int8 I/O handled)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+def tflite_predict(path: str, x: np.ndarray) -> np.ndarray:
+    """Logits of a .tflite file on a batch (frep_tf.tflite.TFLiteModel, the one LiteRT wrapper)."""
+    from frep_tf import tflite
 
-    kwargs = {"model_path": path_or_bytes} if isinstance(path_or_bytes, str) else {"model_content": path_or_bytes}
-    # Sparse int8 kernels need the builtin resolver without the default (XNNPACK) delegate.
-    interpreter = Interpreter(**kwargs, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    inp = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(inp["index"], x.shape)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    xin = x
-    if inp["dtype"] != np.float32:
-        scale, zero = inp["quantization"]
-        info = np.iinfo(inp["dtype"])
-        xin = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
-    interpreter.set_tensor(inp["index"], xin)
-    interpreter.invoke()
-    y = interpreter.get_tensor(out["index"])
-    if out["dtype"] != np.float32:
-        scale, zero = out["quantization"]
-        y = (y.astype(np.float32) - zero) * scale
-    return y
-
-
-def _convert_tflite(saved_model_dir: str, kind: str, representative: np.ndarray | None) -> bytes:
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-    if kind == "tflite_sparse":
-        converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    elif kind == "tflite_int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-
-        def samples():
-            for i in range(min(len(representative), 100)):
-                yield [representative[i : i + 1].astype(np.float32)]
-
-        converter.representative_dataset = samples
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+    return tflite.predict(path, x)
 
 
 def export_model(
@@ -103,53 +88,77 @@ def export_model(
     *,
     formats=DEFAULT_FORMATS,
     check_inputs: np.ndarray,
+    representative: np.ndarray | None = None,
     atol: float = 1e-4,
     int8_min_agreement: float = 0.9,
+    compact_report: dict | None = None,
 ) -> list[ExportRecord]:
     """Write `model` (a fused, standard-layer Keras model) in `formats` into `export_dir`.
 
     `check_inputs` is a batch of real or random inputs in [0, 1]. Float exports must match the Keras
-    logits to `atol` relative to the logit scale (max(1, max|logit|)); the int8 export must agree
-    on the top-1 class for `int8_min_agreement` of the inputs. A failed check raises ExportError and
-    leaves no file under the final name.
+    logits to `atol` relative to the logit scale (max(1, max|logit|)); int8 exports must agree on the
+    top-1 class for `int8_min_agreement` of the inputs. int8 exports are calibrated on
+    `representative` (training images; `check_inputs` when None). `compact` writes the model with its
+    structurally pruned channels removed (frep_tf.compact) as .keras, SavedModel, float and int8
+    TFLite, each checked against the uncompacted Keras model; its parameter and MAC counts go into
+    `compact_report` when a dict is given. A failed check raises ExportError and leaves no file under
+    the final name.
     """
-    import keras
-    import tensorflow as tf
-
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"Unknown export format(s) {unknown}. Allowed: {', '.join(FORMATS)}")
     os.makedirs(export_dir, exist_ok=True)
     x = np.asarray(check_inputs, np.float32)
+    calibration = x if representative is None else np.asarray(representative, np.float32)
     reference = np.asarray(model(x, training=False))
+    plain = [(f, f) for f in formats if f != "compact"]
+    records = _write(model, export_dir, plain, x, reference, calibration, atol, int8_min_agreement)
+    if "compact" in formats:
+        from frep_tf.compact import compact
+
+        small, report = compact(model)
+        if compact_report is not None:
+            compact_report.update(report.as_dict())
+        records += _write(small, export_dir, COMPACT_FORMATS, x, reference, calibration, atol, int8_min_agreement)
+    return records
+
+
+def _write(model, export_dir, formats, x, reference, calibration, atol, int8_min_agreement) -> list[ExportRecord]:
+    """Write `model` as each (record format, plain format) pair and check it against `reference`."""
+    import keras
+    import tensorflow as tf
+
+    from frep_tf import tflite
+
     tol = atol * max(1.0, float(np.abs(reference).max()))
     records = []
     work = tempfile.mkdtemp(prefix=".export-", dir=export_dir)
     try:
         # The SavedModel is the source of every TFLite conversion, so it is written first.
         sm_tmp = os.path.join(work, "saved_model")
-        if any(f.startswith("saved_model") or f.startswith("tflite") for f in formats):
+        if any(kind == "saved_model" or kind in tflite.KINDS for _, kind in formats):
             t = time.perf_counter()
             model.export(sm_tmp, format="tf_saved_model", verbose=False)
             sm_seconds = time.perf_counter() - t
-        for fmt in formats:
+        for fmt, kind in formats:
             t = time.perf_counter()
             final = os.path.join(export_dir, FILENAMES[fmt])
-            if fmt == "keras":
+            agreement = None
+            if kind == "keras":
                 tmp = os.path.join(work, FILENAMES[fmt])
                 model.save(tmp)
                 got = np.asarray(keras.models.load_model(tmp, compile=False)(x, training=False))
-            elif fmt == "saved_model":
+            elif kind == "saved_model":
                 tmp = sm_tmp
                 loaded = tf.saved_model.load(tmp)  # keep a reference: its variables die with it
                 got = np.asarray(loaded.serve(tf.constant(x)))
             else:
                 tmp = os.path.join(work, FILENAMES[fmt])
                 with open(tmp, "wb") as fh:
-                    fh.write(_convert_tflite(sm_tmp, fmt, x))
-                got = tflite_predict(tmp, x)
+                    fh.write(tflite.convert(sm_tmp, kind, calibration))
+                got = tflite.predict(tmp, x)
             diff = float(np.abs(got - reference).max())
-            if fmt == "tflite_int8":
+            if kind in tflite.INT8_KINDS:
                 agreement = float(np.mean(got.argmax(-1) == reference.argmax(-1)))
                 if agreement < int8_min_agreement:
                     raise ExportError(
@@ -158,14 +167,14 @@ def export_model(
                     )
             elif not diff <= tol:
                 raise ExportError(f"{FILENAMES[fmt]}: outputs differ from Keras by {diff:.3g} (> {tol:.3g})")
-            seconds = time.perf_counter() - t + (sm_seconds if fmt == "saved_model" else 0.0)
+            seconds = time.perf_counter() - t + (sm_seconds if kind == "saved_model" else 0.0)
             size = _size(tmp)
-            if fmt == "saved_model":
+            if kind == "saved_model":
                 # Keep a copy in the scratch dir for the TFLite conversions that follow.
                 shutil.copytree(sm_tmp, tmp + ".final")
                 tmp = tmp + ".final"
             _replace(tmp, final)
-            records.append(ExportRecord(fmt, final, size, diff, seconds))
+            records.append(ExportRecord(fmt, final, size, diff, seconds, agreement))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return records

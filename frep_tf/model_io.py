@@ -64,7 +64,7 @@ def load_classifier(path: str, *, input_shape=None, num_classes: int | None = No
             return _fn(x)
 
     elif path.endswith(".tflite"):
-        from frep_tf.evaluate import tflite_model_fn
+        from frep_tf.tflite import tflite_model_fn
 
         try:
             model_fn = tflite_model_fn(path)

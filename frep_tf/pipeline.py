@@ -26,7 +26,8 @@ from frep_tf import kill_points, resume
 from frep_tf.config import TABLE_I_COLUMNS, Config, ConfigError, validate
 from frep_tf.io_utils import fsync_dir, remove, write_json_atomic
 
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = 2  # 2: evaluation_tflite per exported TFLite file; compact; int8_calibration
+INT8_CALIBRATION_IMAGES = 256  # training images the int8 exports are calibrated on
 
 
 class Stages:
@@ -234,12 +235,12 @@ def _verbose(cfg: Config) -> int:
 
 
 def evaluate_classifier(model_fn, x, y, cfg: Config):
-    from frep_tf import evaluate
+    from frep_tf import evaluation
 
     n = cfg.eval.eval_samples
     if n:
         x, y = x[:n], y[:n]
-    return evaluate.evaluate_model(
+    return evaluation.evaluate_model(
         model_fn,
         x,
         y,
@@ -253,18 +254,51 @@ def evaluate_classifier(model_fn, x, y, cfg: Config):
     )
 
 
-def evaluate_tflite(path, source_model_fn, x, y, cfg: Config, num_classes: int) -> dict:
-    """The deployed TFLite file: clean accuracy, and PGD examples crafted on the float model (transfer)."""
-    from frep_tf import evaluate
+def evaluate_deployed(paths: dict, source_model_fn, x, y, cfg: Config, num_classes: int) -> dict:
+    """Every exported TFLite file, on the LiteRT interpreter: clean accuracy, Square run on the
+    interpreter itself, and PGD crafted once on the float model and transferred to each file (a
+    quantised file can look robust to white-box attacks because its gradients are masked; these two
+    do not use its gradients). `paths` maps export format -> file."""
+    from frep_tf import evaluation
     from frep_tf.model_io import load_classifier
 
     n = cfg.eval.eval_samples
     if n:
         x, y = x[:n], y[:n]
-    target = load_classifier(path, input_shape=x.shape[1:], num_classes=num_classes)
-    result = evaluate.transfer_accuracy(
+    targets = {
+        fmt: load_classifier(path, input_shape=x.shape[1:], num_classes=num_classes) for fmt, path in paths.items()
+    }
+    transfer = transfer_pgd(source_model_fn, targets, x, y, cfg)
+    out = {}
+    for fmt, path in paths.items():
+        ev = evaluation.evaluate_model(
+            targets[fmt],
+            x,
+            y,
+            attacks=("clean", "square"),
+            epsilon=cfg.train.epsilon,
+            batch_size=cfg.data.eval_batch_size,
+            seed=cfg.run.seed,
+            square_queries=cfg.eval.tflite_square_queries,
+            sanity=False,
+            progress=_verbose(cfg) == 1,
+        )
+        out[fmt] = {
+            "path": os.path.relpath(path, cfg.run.workdir or "."),
+            "clean": ev["clean"],
+            "square": ev["square"] | {"queries": cfg.eval.tflite_square_queries},
+            "transfer_pgd": transfer[fmt],
+        }
+    return out
+
+
+def transfer_pgd(source_model_fn, targets: dict, x, y, cfg: Config) -> dict:
+    """PGD (--eval_pgd_steps) crafted on `source_model_fn`, evaluated on each of `targets`."""
+    from frep_tf import evaluation
+
+    return evaluation.transfer_accuracies(
         source_model_fn,
-        target,
+        targets,
         x,
         y,
         epsilon=cfg.train.epsilon,
@@ -273,13 +307,14 @@ def evaluate_tflite(path, source_model_fn, x, y, cfg: Config, num_classes: int) 
         seed=cfg.run.seed,
         progress=_verbose(cfg) == 1,
     )
-    return {"path": os.path.relpath(path, cfg.run.workdir or "."), "transfer_pgd": result}
 
 
 def run(cfg: Config) -> dict:
     from frep_tf import data
 
     validate(cfg)
+    if cfg.run.mode == "predict":  # needs neither a workdir nor a dataset
+        return run_predict(cfg)
     # Read-only: refuses a workdir made with other settings, and finds a finished run.
     state = resume.inspect(cfg, schema_version=RESULTS_SCHEMA_VERSION)
     if state.finished:
@@ -391,10 +426,15 @@ def run_train(cfg: Config) -> dict:
     final = model.ensemble if model.ensemble is not None else fuse(model.network)
     x_test, y_test = _arrays(splits.test)
     export_dir = os.path.join(workdir, resume.EXPORT_DIR)
-    records = []
+    records, compact_report, representative = [], {}, None
     with stages("export"):
         if cfg.export_formats:
-            records = export_atomically(final, workdir, cfg.export_formats, x_test[:64])
+            if any(f in cfg.export_formats for f in ("tflite_int8", "tflite_int8_dense", "compact")):
+                # int8 calibration images come from the training split, never the test split.
+                representative, _ = _arrays(splits.train, INT8_CALIBRATION_IMAGES)
+            records = export_atomically(
+                final, workdir, cfg.export_formats, x_test[:64], representative=representative, report=compact_report
+            )
     with stages("evaluate"):
         # Robust accuracy is measured on the exported model, reloaded from disk.
         evaluated = None
@@ -408,9 +448,9 @@ def run_train(cfg: Config) -> dict:
             model_fn = lambda x: final(x, training=False)  # noqa: E731
         evaluation = evaluate_classifier(model_fn, x_test, y_test, cfg)
         tflite_evaluation = None
-        if cfg.eval.eval_tflite and "tflite_sparse" in cfg.export_formats:
-            tflite_path = os.path.join(export_dir, export_lib.FILENAMES["tflite_sparse"])
-            tflite_evaluation = evaluate_tflite(tflite_path, model_fn, x_test, y_test, cfg, info.num_classes)
+        tflite_files = {r.format: r.path for r in records if r.format in export_lib.TFLITE_FORMATS}
+        if cfg.eval.eval_tflite and tflite_files:
+            tflite_evaluation = evaluate_deployed(tflite_files, model_fn, x_test, y_test, cfg, info.num_classes)
     sparsity = kernel_sparsity(final)
     trainable_training = int(sum(np.prod(v.shape) for v in model.network.trainable_weights))
     results = {
@@ -441,8 +481,13 @@ def run_train(cfg: Config) -> dict:
                 "max_abs_diff": r.max_abs_diff,
                 "seconds": round(r.seconds, 3),
             }
+            | ({"int8_top1_agreement": r.agreement} if r.agreement is not None else {})
             for r in records
         ],
+        "int8_calibration": (
+            None if representative is None else {"split": "train", "images": int(len(representative))}
+        ),
+        "compact": _compact_summary(compact_report, records) if compact_report else None,
         "training": {
             "epochs": cfg.train.epochs,
             "steps": int(model.optimizer.iterations.numpy()),
@@ -462,7 +507,17 @@ def run_train(cfg: Config) -> dict:
     return results
 
 
-def export_atomically(model, workdir: str, formats, check_inputs) -> list:
+def _compact_summary(report: dict, records) -> dict:
+    """Parameters, MACs and file bytes of the model before and after its removed channels are taken out."""
+    size = {r.format: r.bytes for r in records}
+    pairs = [("keras", "compact_keras"), ("saved_model", "compact_saved_model"), ("tflite", "compact_tflite")]
+    pairs.append(("tflite_int8_dense", "compact_tflite_int8"))
+    return report | {
+        "bytes": {after: {"before": size.get(before), "after": size[after]} for before, after in pairs if after in size}
+    }
+
+
+def export_atomically(model, workdir: str, formats, check_inputs, *, representative=None, report=None) -> list:
     """Export into a staging directory, then swap it in as export/: export/ is the complete set of a
     run's exports or absent, never a mix of two attempts (a resumed run exports again)."""
     import dataclasses
@@ -473,7 +528,9 @@ def export_atomically(model, workdir: str, formats, check_inputs) -> list:
     previous = os.path.join(workdir, resume.EXPORT_PREVIOUS)
     final = os.path.join(workdir, resume.EXPORT_DIR)
     remove(staging)
-    records = export_lib.export_model(model, staging, formats=formats, check_inputs=check_inputs)
+    records = export_lib.export_model(
+        model, staging, formats=formats, check_inputs=check_inputs, representative=representative, compact_report=report
+    )
     fsync_dir(staging)
     kill_points.kill_point("export")
     remove(previous)
@@ -486,7 +543,6 @@ def export_atomically(model, workdir: str, formats, check_inputs) -> list:
 
 
 def run_evaluate(cfg: Config) -> dict:
-    from frep_tf import evaluate
     from frep_tf.model_io import load_classifier
 
     stages = Stages()
@@ -506,17 +562,8 @@ def run_evaluate(cfg: Config) -> dict:
     with stages("evaluate"):
         evaluation = evaluate_classifier(model_fn, x_test, y_test, cfg)
         if source is not None:
-            evaluation["transfer_pgd"] = evaluate.transfer_accuracy(
-                source,
-                model_fn,
-                x_test[: cfg.eval.eval_samples or None],
-                y_test[: cfg.eval.eval_samples or None],
-                epsilon=cfg.train.epsilon,
-                steps=cfg.eval.eval_pgd_steps,
-                batch_size=cfg.data.eval_batch_size,
-                seed=cfg.run.seed,
-                progress=_verbose(cfg) == 1,
-            )
+            n = cfg.eval.eval_samples or None
+            evaluation["transfer_pgd"] = transfer_pgd(source, {"model": model_fn}, x_test[:n], y_test[:n], cfg)["model"]
     results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "mode": "evaluate",
@@ -531,6 +578,23 @@ def run_evaluate(cfg: Config) -> dict:
         write_json_atomic(os.path.join(cfg.run.workdir, resume.RESULTS_FILE), results)
     print(summary_table(results))
     return results
+
+
+def run_predict(cfg: Config) -> dict:
+    """Classify --images with --model (any exported format); print the CSV or write it to --predictions."""
+    from frep_tf import predict
+
+    rows = predict.predict(cfg.eval.model, cfg.eval.images, batch_size=cfg.data.eval_batch_size)
+    text = predict.to_csv(rows)
+    if cfg.eval.predictions:
+        tmp = cfg.eval.predictions + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, cfg.eval.predictions)
+        print(f"[frep_tf] {len(rows)} predictions written to {cfg.eval.predictions}", flush=True)
+    else:
+        print(text, end="", flush=True)
+    return {"mode": "predict", "predictions": [{"image": n, "class": c, "probability": p} for n, c, p in rows]}
 
 
 def _info_dict(info) -> dict:
@@ -583,12 +647,17 @@ def summary_table(results: dict) -> str:
             f"sparsity: {100 * s['kernels']:.2f} % of kernel weights, {100 * s['all_parameters']:.2f} % of all "
             f"parameters; {p['deployed_nonzero']:,} of {p['deployed']:,} parameters non-zero"
         )
-    tfl = results.get("evaluation_tflite") or {}
-    if "transfer_pgd" in tfl:
-        t = tfl["transfer_pgd"]
+    for tfl in (results.get("evaluation_tflite") or {}).values():
         lines.append(
-            f"{tfl['path']}: clean {100 * t['clean_accuracy']:.1f} %, under PGD transferred from the Keras model "
-            f"{100 * t['accuracy']:.1f} %"
+            f"{tfl['path']}: clean {100 * tfl['clean']['accuracy']:.1f} %, PGD transferred from the Keras model "
+            f"{100 * tfl['transfer_pgd']['accuracy']:.1f} %, Square on the interpreter "
+            f"{100 * tfl['square']['accuracy']:.1f} %"
+        )
+    c = results.get("compact")
+    if c:
+        lines.append(
+            f"compact: {c['params_after']:,} of {c['params_before']:,} parameters, {c['macs_after']:,} of "
+            f"{c['macs_before']:,} MACs per image ({c['channels_after']} of {c['channels_before']} prunable channels)"
         )
     for e in results.get("exports", []):
         lines.append(f"export: {e['path']} ({e['bytes']:,} bytes, max |diff| vs Keras {e['max_abs_diff']:.2g})")

@@ -72,10 +72,10 @@ def test_flat_round_trip():
 
 
 def test_attack_names_match_the_evaluation_suite():
-    from frep_tf import evaluate
+    from frep_tf import evaluation
     from frep_tf.config import EVAL_ATTACKS
 
-    assert set(EVAL_ATTACKS) == set(evaluate.ATTACKS)
+    assert set(EVAL_ATTACKS) == set(evaluation.ATTACKS)
 
 
 CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "configs"

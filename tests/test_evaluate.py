@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from frep_tf import evaluate
+from frep_tf import evaluation
 from frep_tf.attacks import autoattack, checks, common, pgd
 
 EPS = 0.1
@@ -48,7 +48,7 @@ def _quantize_without_gradient(x):
 def test_report_of_a_natural_model(cnn, digits):
     x, y = digits[1][:96], digits[3][:96]
     attacks = ["clean", "fgsm", "pgd", "mim", "square", "autoattack"]
-    results = evaluate.evaluate_model(lambda v: cnn(v, training=False), x, y, epsilon=EPS, attacks=attacks, **FAST)
+    results = evaluation.evaluate_model(lambda v: cnn(v, training=False), x, y, epsilon=EPS, attacks=attacks, **FAST)
     for name in [*attacks, "worst_case"]:
         assert results[name]["samples"] == 96 and results[name]["seconds"] >= 0
         assert 0.0 <= results[name]["accuracy"] <= 1.0
@@ -63,7 +63,7 @@ def test_report_of_a_natural_model(cnn, digits):
     assert sanity["checks"]["eps_sweep"]["accuracy"][-1] == 0.0
     assert results["config"]["pgd_step_size"] == pytest.approx(EPS / 4)
 
-    table = evaluate.markdown_table(results, name="digits cnn").splitlines()
+    table = evaluation.markdown_table(results, name="digits cnn").splitlines()
     assert table[0] == "| Model | Clean | FGSM | PGD | MIM | Square | AA |"
     assert table[2] == "| digits cnn | " + " | ".join(f"{100 * acc[k]:.1f}" for k in attacks) + " |"
     assert table[-1] == "Sanity checks: all passed."
@@ -75,13 +75,13 @@ def test_report_flags_a_gradient_masked_model(cnn, digits):
     def masked(v):
         return cnn(_quantize_without_gradient(v), training=False)
 
-    results = evaluate.evaluate_model(masked, x, y, epsilon=EPS, attacks=["clean", "pgd", "square"], **FAST)
+    results = evaluation.evaluate_model(masked, x, y, epsilon=EPS, attacks=["clean", "pgd", "square"], **FAST)
     assert results["square"]["accuracy"] < results["pgd"]["accuracy"] - 0.1
     found = results["sanity"]["checks"]
     assert not results["sanity"]["passed"]
     for name in ("black_box", "zero_gradients", "eps_sweep"):
         assert found[name]["passed"] is False, name
-    table = evaluate.markdown_table(results).splitlines()
+    table = evaluation.markdown_table(results).splitlines()
     acc = {k: f"{100 * results[k]['accuracy']:.1f}" for k in ("clean", "pgd", "square")}
     assert table[2] == f"| model | {acc['clean']} | - | {acc['pgd']} | - | {acc['square']} | - |"
     assert any(line.startswith("- sanity check failed, black_box: black box beats white box") for line in table)
@@ -95,7 +95,7 @@ def test_points_only_square_found_are_explained(cnn, digits):
     def masked(v):
         return cnn(_quantize_without_gradient(v), training=False)
 
-    results = evaluate.evaluate_model(masked, x, y, epsilon=EPS, attacks=["clean", "autoattack"], **FAST)
+    results = evaluation.evaluate_model(masked, x, y, epsilon=EPS, attacks=["clean", "autoattack"], **FAST)
     check = results["sanity"]["checks"]["square_in_autoattack"]
     assert check["passed"] is False and check["square_found"] >= 2, check
     assert check["white_box_with_restarts_broke"] < check["square_found"]
@@ -148,7 +148,7 @@ class _BranchingModel:
 
 def test_model_code_that_needs_autograph_still_compiles(cnn, digits):
     x, y = digits[1][:16], digits[3][:16]
-    results = evaluate.evaluate_model(
+    results = evaluation.evaluate_model(
         _BranchingModel(cnn), x, y, epsilon=EPS, attacks="clean,fgsm", sanity=False, progress=False
     )
     assert results["fgsm"]["accuracy"] < results["clean"]["accuracy"]
@@ -157,21 +157,21 @@ def test_model_code_that_needs_autograph_still_compiles(cnn, digits):
 def test_bad_arguments_fail_clearly(cnn, digits):
     x, y = digits[1][:4], digits[3][:4]
     with pytest.raises(ValueError, match="attacks must be among"):
-        evaluate.evaluate_model(cnn, x, y, epsilon=EPS, attacks=["clean", "cw"])
+        evaluation.evaluate_model(cnn, x, y, epsilon=EPS, attacks=["clean", "cw"])
     with pytest.raises(ValueError, match="equal length"):
-        evaluate.evaluate_model(cnn, x, y[:3], epsilon=EPS)
+        evaluation.evaluate_model(cnn, x, y[:3], epsilon=EPS)
 
 
 def test_tflite_model_square_and_transfer(cnn, digits, tmp_path):
     x, y = digits[1][:64], digits[3][:64]
-    tflite = evaluate.tflite_model_fn(_tflite(cnn, tmp_path / "m.tflite"))
+    tflite = evaluation.tflite_model_fn(_tflite(cnn, tmp_path / "m.tflite"))
     np.testing.assert_allclose(np.asarray(tflite(x)), cnn(x, training=False), atol=1e-4)
     assert np.asarray(tflite(x[:5])).shape == (5, 10)  # the batch is resized per call
 
     with pytest.raises(common.NotDifferentiableError, match="transfer_accuracy"):
-        evaluate.evaluate_model(tflite, x, y, epsilon=EPS, attacks=["clean", "pgd"])
-    results = evaluate.evaluate_model(tflite, x, y, epsilon=EPS, attacks=["clean", "square"], **FAST)
-    keras_results = evaluate.evaluate_model(
+        evaluation.evaluate_model(tflite, x, y, epsilon=EPS, attacks=["clean", "pgd"])
+    results = evaluation.evaluate_model(tflite, x, y, epsilon=EPS, attacks=["clean", "square"], **FAST)
+    keras_results = evaluation.evaluate_model(
         lambda v: cnn(v, training=False), x, y, epsilon=EPS, attacks=["clean", "square"], **FAST
     )
     # Same weights, same seeds: the interpreter must behave like the Keras model.
@@ -179,7 +179,7 @@ def test_tflite_model_square_and_transfer(cnn, digits, tmp_path):
     assert results["square"]["accuracy"] < results["clean"]["accuracy"] - 0.1
     assert results["sanity"]["checks"]["zero_gradients"]["passed"] is None
 
-    transfer = evaluate.transfer_accuracy(
+    transfer = evaluation.transfer_accuracy(
         lambda v: cnn(v, training=False), tflite, x, y, epsilon=EPS, steps=10, progress=False
     )
     assert transfer["samples"] == 64
@@ -190,7 +190,7 @@ def test_tflite_model_square_and_transfer(cnn, digits, tmp_path):
 @pytest.mark.filterwarnings("ignore:Statistics for quantized inputs were expected")
 def test_int8_tflite_model_is_dequantized(cnn, digits, tmp_path):
     x = digits[1][:64]
-    tflite = evaluate.tflite_model_fn(_tflite(cnn, tmp_path / "q.tflite", representative=x))
+    tflite = evaluation.tflite_model_fn(_tflite(cnn, tmp_path / "q.tflite", representative=x))
     logits, reference = np.asarray(tflite(x)), np.asarray(cnn(x, training=False))
     assert logits.dtype == np.float32
     assert np.mean(np.argmax(logits, -1) == np.argmax(reference, -1)) > 0.9

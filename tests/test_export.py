@@ -14,6 +14,8 @@ from frep_tf.models import build_model
 
 
 def _masked(arch, shape, keep, parameterization="plain", width=1.0):
+    # Seeded: with 8 check images one int8 top-1 flip is the difference between 87.5 % and 100 %.
+    keras.utils.set_random_seed(0)
     model = build_model(arch, input_shape=shape, parameterization=parameterization, width=width)
     rng = np.random.default_rng(0)
     for layer in reparam_layers(model):

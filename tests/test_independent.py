@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from frep_tf import evaluate
+from frep_tf import evaluation
 from frep_tf.attacks import autoattack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +59,7 @@ def test_ours_not_weaker_than_art(natural_cnn, art_classifier, digits):
     }
     theirs = {name: _art_robust(art_classifier, attack, x, y) for name, attack in theirs.items()}
     ours = {}
-    evaluate.evaluate_model(
+    evaluation.evaluate_model(
         natural_cnn,
         x,
         y,

@@ -23,7 +23,14 @@ def run_main(*args, timeout=900):
     )
 
 
-FAST = ["--epochs=3", "--prune_epoch=1", "--val_pgd_steps=2", "--eval_pgd_steps=5", "--ensemble_interval=5"]
+FAST = [
+    "--epochs=3",
+    "--prune_epoch=1",
+    "--val_pgd_steps=2",
+    "--eval_pgd_steps=5",
+    "--ensemble_interval=5",
+    "--tflite_square_queries=20",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +53,7 @@ def test_quickstart_writes_every_output(quickstart_run):
     events = [f for _, _, fs in os.walk(workdir / "tb") for f in fs if f.startswith("events.out")]
     assert len(events) >= 2  # Keras' TensorBoard and our own summaries
     results = json.loads((workdir / "results.json").read_text())
-    assert results["schema_version"] == 1 and results["mode"] == "train"
+    assert results["schema_version"] == 2 and results["mode"] == "train"
     ev = results["evaluation"]
     for attack in ("clean", "fgsm", "pgd"):
         assert 0.0 <= ev[attack]["accuracy"] <= 1.0 and ev[attack]["samples"] == 360
@@ -57,10 +64,16 @@ def test_quickstart_writes_every_output(quickstart_run):
     for stage in ("data", "build", "train", "export", "evaluate", "total"):
         assert results["timings"][stage] >= 0
     assert results["model"]["evaluated"] == "ensemble" and results["model"]["evaluated_path"] == "export/model.keras"
-    tfl = results["evaluation_tflite"]["transfer_pgd"]
-    assert tfl["samples"] == 360 and tfl["accuracy"] <= tfl["clean_accuracy"]
-    # The deployed sparse TFLite model computes what the Keras model does: same clean accuracy.
-    assert abs(tfl["clean_accuracy"] - ev["clean"]["accuracy"]) < 0.01
+    # Every exported TFLite file is evaluated on the interpreter: clean, transfer PGD, Square.
+    assert set(results["evaluation_tflite"]) == {"tflite", "tflite_sparse"}
+    for fmt, entry in results["evaluation_tflite"].items():
+        tfl = entry["transfer_pgd"]
+        assert entry["path"] == f"export/{'model.tflite' if fmt == 'tflite' else 'model_sparse.tflite'}"
+        assert tfl["samples"] == 360 and tfl["accuracy"] <= tfl["clean_accuracy"]
+        assert entry["square"]["samples"] == 360 and entry["square"]["accuracy"] <= entry["clean"]["accuracy"]
+        # The deployed float TFLite model computes what the Keras model does: same clean accuracy.
+        assert entry["clean"]["accuracy"] == tfl["clean_accuracy"]
+        assert abs(tfl["clean_accuracy"] - ev["clean"]["accuracy"]) < 0.01
     assert "| Model | Clean | FGSM | PGD | MIM | Square | AA |" in proc.stdout
     assert "| small_cnn hadamard (99 % sparse) |" in proc.stdout
 

@@ -56,6 +56,96 @@ def global_channel_masks(kernels: list[np.ndarray], sparsity: float, frozen: lis
     ]
 
 
+def group_channel_keep(kernels: dict[str, np.ndarray], graph, sparsity: float) -> dict[int, np.ndarray]:
+    """Structured pruning over channel groups (frep_tf.structure): {group index: kept channels (bool)}.
+
+    A residual group (the convs whose outputs one `Add` sums) keeps or loses channel c in all its
+    members at once. Channel c of a group scores the mean of its members' L2 norms (paper Eq. 17 per
+    member, summed, divided by the members): removing it frees one channel per member, so the mean is
+    the norm per unit of the channel budget, and a one-member group scores exactly its own norm.
+    The budget counts member channels: k = round((1 - sparsity) * channels of the non-frozen groups).
+    Channels are kept in order of score until k is reached (a group channel may overshoot k by fewer
+    than its members); every group keeps at least its best channel. Frozen groups (the classifier's
+    outputs) keep every channel.
+    """
+    keep: dict[int, np.ndarray] = {}
+    units = []  # (score, members, group, channel)
+    budget_total = 0
+    for g, group in enumerate(graph.groups):
+        if not group.producers:
+            continue
+        if group.frozen:
+            keep[g] = np.ones(group.channels, bool)
+            continue
+        norms = [np.sqrt(np.sum(np.square(kernels[p].reshape(-1, group.channels)), axis=0)) for p in group.producers]
+        score = np.sum(norms, axis=0) / len(norms)
+        keep[g] = np.zeros(group.channels, bool)
+        keep[g][int(np.argmax(score))] = True  # at least one channel per group
+        budget_total += group.channels * len(norms)
+        units += [(float(score[c]), len(norms), g, c) for c in range(group.channels)]
+    budget = int(round((1.0 - sparsity) * budget_total))
+    kept = sum(int(keep[g].sum()) * len(graph.groups[g].producers) for g in keep if not graph.groups[g].frozen)
+    for _, members, g, c in sorted(units, key=lambda u: -u[0]):
+        if kept >= budget:
+            break
+        if not keep[g][c]:
+            keep[g][c] = True
+            kept += members
+    return keep
+
+
+def channel_alive(mask) -> np.ndarray:
+    """Output channels of a kernel mask that are not pruned (some entry of the channel is 1)."""
+    mask = np.asarray(mask)
+    return mask.reshape(-1, mask.shape[-1]).max(axis=0) > 0
+
+
+def zero_removed_channels(model, graph) -> None:
+    """Zero the bias of every pruned output channel, and the BatchNorm scale and offset on it.
+
+    Which channels are pruned is read from each producer's kernel (mask or fused kernel: a channel is
+    pruned when its kernel column is all zero); `model` is a reparameterized network (masks) or a
+    standard-layer copy of it, such as the ensemble (kernels). With the kernel, bias and BatchNorm of
+    a channel at zero, the channel outputs exactly zero, and so does every tensor of its group.
+    """
+    layers = {layer.name: layer for layer in getattr(model, "network", model).layers}
+    for group in graph.groups:
+        if group.frozen or not group.producers:
+            continue
+        alive = None
+        for name in group.producers:
+            layer = layers[name]
+            source = layer.mask if hasattr(layer, "mask") else layer.kernel
+            a = channel_alive(source)
+            alive = a if alive is None else alive | a
+            if getattr(layer, "bias", None) is not None:
+                layer.bias.assign(np.asarray(layer.bias) * a)
+        for name in group.norms:
+            bn = layers[name]
+            for w in (bn.gamma, bn.beta):
+                if w is not None:
+                    w.assign(np.asarray(w) * alive)
+
+
+def structural_projection(network, graph) -> list:
+    """(variable, mask variable) pairs: bias / BatchNorm variables to multiply by the channels alive
+    in the mask after every optimizer step, so a pruned channel stays exactly zero while it trains."""
+    layers = {layer.name: layer for layer in network.layers}
+    pairs = []
+    for group in graph.groups:
+        if group.frozen or not group.producers:
+            continue
+        first = layers[group.producers[0]]
+        for name in group.producers:
+            layer = layers[name]
+            if getattr(layer, "bias", None) is not None:
+                pairs.append((layer.bias, layer.mask))
+        for name in group.norms:
+            bn = layers[name]
+            pairs += [(w, first.mask) for w in (bn.gamma, bn.beta) if w is not None]
+    return pairs
+
+
 def make_schedule(kind: str, sparsity: float, begin_step: int, end_step: int, frequency: int):
     """A TF-MOT pruning schedule: ConstantSparsity (one-shot at begin_step) or PolynomialDecay."""
     # Importing TF-MOT sets TF_USE_LEGACY_KERAS=1 in this process's environment (it routes tf.keras to
@@ -127,9 +217,7 @@ class GlobalPruning(keras.callbacks.Callback):
         layers = model.reparam
         kernels = [np.asarray(layer.fused_kernel()) for layer in layers]
         if self.structured:
-            # The classifier's output channels are the classes: never removed.
-            frozen = [i == len(layers) - 1 for i in range(len(layers))]
-            masks = global_channel_masks(kernels, sparsity, frozen)
+            masks = self._channel_masks(model, layers, kernels, sparsity)
         else:
             masks = global_unstructured_masks(kernels, sparsity)
         ensemble_layers = {} if model.ensemble is None else {layer.name: layer for layer in model.ensemble.layers}
@@ -141,6 +229,8 @@ class GlobalPruning(keras.callbacks.Callback):
             if layer.name in ensemble_layers:
                 ens = ensemble_layers[layer.name]
                 ens.kernel.assign(np.asarray(ens.kernel) * mask)
+        if self.structured:
+            self._zero_removed_channels(model)
         model.pruned.assign(True)
         if self.restart_ensemble:
             # Members from before the prune belong to a different (dense) network: restart the
@@ -148,3 +238,27 @@ class GlobalPruning(keras.callbacks.Callback):
             # starts afresh. Measured on digits: see README "Design notes".
             model.ensemble_updates.assign(0)
         self.last_sparsity = sparsity
+
+    # -- structured: residual groups, and bias / BatchNorm of removed channels ------------------------
+    @staticmethod
+    def _channel_masks(model, layers, kernels, sparsity):
+        from frep_tf.structure import channel_graph
+
+        graph = channel_graph(model.network)
+        # The classifier's output channels are the classes: a model output is a frozen group.
+        keep = group_channel_keep({layer.name: k for layer, k in zip(layers, kernels, strict=True)}, graph, sparsity)
+        return [
+            np.broadcast_to(keep[graph.output_group[layer.name]].astype(np.float32), k.shape).copy()
+            for layer, k in zip(layers, kernels, strict=True)
+        ]
+
+    @staticmethod
+    def _zero_removed_channels(model):
+        from frep_tf.structure import channel_graph
+
+        graph = channel_graph(model.network)
+        zero_removed_channels(model.network, graph)
+        if model.ensemble is not None:
+            zero_removed_channels(model.ensemble, graph)
+        # From now on the train step keeps them at zero (RobustModel._project_pruned_factors).
+        model.channels_pruned.assign(True)

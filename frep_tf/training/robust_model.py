@@ -16,6 +16,8 @@ import tensorflow as tf
 from frep_tf import losses
 from frep_tf.fuse import copy_fused_weights, deploy_structure
 from frep_tf.layers.reparam import reparam_layers
+from frep_tf.structure import channel_graph
+from frep_tf.training.pruning import structural_projection
 
 
 def replica_mean(per_example):
@@ -69,6 +71,10 @@ class RobustModel(keras.Model):
         # Counters live in variables so that checkpoints (and BackupAndRestore) carry them.
         self.ensemble_updates = keras.Variable(0, dtype="int64", trainable=False, name="ensemble_updates")
         self.pruned = keras.Variable(False, dtype="bool", trainable=False, name="pruned")
+        # Set by structured pruning: from then on the bias and BatchNorm scale/offset of every pruned
+        # output channel are kept at zero, so the channel outputs exactly zero (DESIGN §14).
+        self.channels_pruned = keras.Variable(False, dtype="bool", trainable=False, name="channels_pruned")
+        self._channel_projection = structural_projection(network, channel_graph(network))
         self.seed_generator = keras.random.SeedGenerator(seed, name="perturbation_seed")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.clean_acc = keras.metrics.SparseCategoricalAccuracy(name="clean_acc")
@@ -205,8 +211,16 @@ class RobustModel(keras.Model):
                 layer.project_factors()
             return tf.constant(True)
 
+        def project_channels():
+            for var, mask in self._channel_projection:
+                alive = tf.reduce_max(tf.reshape(mask, [-1, mask.shape[-1]]), axis=0) > 0
+                var.assign(var * tf.cast(alive, var.dtype))
+            return tf.constant(True)
+
         # Before pruning the masks are all ones: skip the work.
         tf.cond(self.pruned, project, lambda: tf.constant(False))
+        if self._channel_projection:
+            tf.cond(self.channels_pruned, project_channels, lambda: tf.constant(False))
 
     def test_step(self, data):
         x, y = data[0], data[1]
