@@ -18,11 +18,15 @@ from frep_tf.fuse import copy_fused_weights, deploy_structure
 from frep_tf.layers.reparam import reparam_layers
 
 
+def replicas_in_sync() -> int:
+    """Replicas whose gradients the optimizer sums (1 outside tf.distribute)."""
+    ctx = tf.distribute.get_replica_context()
+    return ctx.num_replicas_in_sync if ctx is not None else 1
+
+
 def replica_mean(per_example):
     """Mean over the global batch: local mean / replicas (gradients are summed across replicas)."""
-    ctx = tf.distribute.get_replica_context()
-    replicas = ctx.num_replicas_in_sync if ctx is not None else 1
-    return tf.reduce_mean(per_example) / tf.cast(replicas, per_example.dtype)
+    return tf.reduce_mean(per_example) / tf.cast(replicas_in_sync(), per_example.dtype)
 
 
 def _project(x_adv, x, eps):
@@ -167,8 +171,11 @@ class RobustModel(keras.Model):
         grads = tape.gradient(loss, variables)
         if self.weight_decay:
             # Coupled L2 as in PyTorch's SGD(weight_decay=...), which the paper's numbers come from;
-            # on factors it amounts to weight decay on the fused weight (paper Eq. 8).
-            grads = [g + self.weight_decay * v for g, v in zip(grads, variables, strict=True)]
+            # on factors it amounts to weight decay on the fused weight (paper Eq. 8). Every replica
+            # adds its share: the optimizer sums the replicas' gradients, so the total is weight_decay * v
+            # whatever the number of replicas (like the loss, which replica_mean scales the same way).
+            decay = self.weight_decay / replicas_in_sync()
+            grads = [g + decay * v for g, v in zip(grads, variables, strict=True)]
         self.optimizer.apply(grads, variables)
         self._project_pruned_factors()
         self.loss_tracker.update_state(tf.reduce_mean(per_example))
