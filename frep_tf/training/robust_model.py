@@ -29,6 +29,16 @@ def replica_mean(per_example):
     return tf.reduce_mean(per_example) / tf.cast(replicas_in_sync(), per_example.dtype)
 
 
+def _per_worker_logs(logs: dict) -> dict:
+    """Keras' fit reduces step outputs across workers with a mean over axis 0, which a scalar has not
+    (MultiWorkerMirroredStrategy only): give each value that axis; the mean over workers is a scalar."""
+    strategy = tf.distribute.get_strategy()
+    multi_worker = (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+    )
+    return {k: tf.reshape(v, [1]) for k, v in logs.items()} if multi_worker else logs
+
+
 def _project(x_adv, x, eps):
     return tf.clip_by_value(tf.clip_by_value(x_adv, x - eps, x + eps), 0.0, 1.0)
 
@@ -83,6 +93,14 @@ class RobustModel(keras.Model):
     # -- Keras plumbing ------------------------------------------------------------------------
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras first all-reduces a sample batch to build unbuilt state, which fails under
+        # MultiWorkerMirroredStrategy (a PerReplica it cannot convert); when the network and the
+        # optimizer are built (the pipeline builds both), there is nothing to build.
+        if self.optimizer is not None and self.optimizer.built and self._compile_metrics is None:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     @property
     def has_clean_forward(self) -> bool:
@@ -183,7 +201,7 @@ class RobustModel(keras.Model):
             self.clean_acc.update_state(y, logits_clean)
         if logits_adv is not None:
             self.adv_acc.update_state(y, logits_adv)
-        return {m.name: m.result() for m in self.metrics}
+        return _per_worker_logs({m.name: m.result() for m in self.metrics})
 
     def _perturb(self, x, y, logits_clean):
         obj = self.objective
@@ -220,7 +238,7 @@ class RobustModel(keras.Model):
         logits = self.network(x, training=False)
         self.loss_tracker.update_state(tf.reduce_mean(losses.cross_entropy(logits, y)))
         self.clean_acc.update_state(y, logits)
-        return {"loss": self.loss_tracker.result(), "clean_acc": self.clean_acc.result()}
+        return _per_worker_logs({"loss": self.loss_tracker.result(), "clean_acc": self.clean_acc.result()})
 
     # -- ensemble -----------------------------------------------------------------------------------
     def ensemble_pairs(self):
