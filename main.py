@@ -11,13 +11,16 @@ again resumes an interrupted run, or prints the results of a finished one.
 
 Exit status: 0 done (or already done); 2 bad input: a flag, flag combination, dataset, model file,
 workdir or checkpoint that cannot be used, reported as one line starting with "error:" before
-anything is written to the workdir; 3 the run failed: training diverged (NaN/Inf loss; the last
-good checkpoint is kept) or an export did not reproduce the model; in --mode=experiment, a cell failed
-(the other cells still ran; report.md lists the failure).
+anything is written to the workdir; 3 the run failed: training diverged (NaN/Inf loss), pruning would
+cut the network, an export did not reproduce the model, or anything unanticipated (disk full, out of
+memory, a TensorFlow error: one `error:` line naming the stage, the traceback in <workdir>/error.log);
+in --mode=experiment, a cell failed (the other cells still ran; report.md lists the failure).
+The last good checkpoint is always kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -58,7 +61,11 @@ def main(argv) -> None:
     from frep_tf.config import ConfigError, validate
 
     try:
-        cfg = validate(flags.config_from_flags(absl_flags.FLAGS))
+        cfg = flags.config_from_flags(absl_flags.FLAGS)
+        if cfg.run.mode == "evaluate" and not absl_flags.FLAGS["workdir"].present:
+            # The default workdir is training's: an evaluation without --workdir writes nothing.
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, workdir=""))
+        cfg = validate(cfg)
     except ConfigError as exc:
         _fail(str(exc))
     if cfg.run.mode in ("experiment", "report"):
@@ -77,12 +84,48 @@ def main(argv) -> None:
         from frep_tf.export import ExportError
         from frep_tf.training.checkpoint import CheckpointError
         from frep_tf.training.guards import NonFiniteLossError
+        from frep_tf.training.pruning import PruningError
 
         if isinstance(exc, CheckpointError):
             _fail(str(exc))
-        if isinstance(exc, (NonFiniteLossError, ExportError)):
+        if isinstance(exc, (NonFiniteLossError, ExportError, PruningError)):
             _fail(str(exc), EXIT_RUN_FAILED)
-        raise
+        _fail_unexpected(exc, cfg.run.workdir, pipeline.current_stage())
+
+
+def _fail_unexpected(exc: Exception, workdir: str, stage: str) -> None:
+    """Anything not anticipated (disk full, out of memory, a TensorFlow error): one line naming the stage
+    and the cause, the traceback in <workdir>/error.log, exit 3. Nothing is deleted: the newest
+    checkpoint stays where the next run resumes from."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    log = None
+    for directory in ([workdir] if workdir else []) + [tempfile.gettempdir()]:
+        try:
+            os.makedirs(directory, exist_ok=True)
+            path = os.path.join(directory, "error.log")
+            with open(path, "w") as f:
+                f.write(f"stage: {stage}\n{text}")
+            log = path
+            break
+        except OSError:  # e.g. the disk that is full
+            continue
+    cause = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    cause = f"{type(exc).__name__}: {cause}" if cause else type(exc).__name__
+    if len(cause) > 300:
+        cause = cause[:297] + "..."
+    where = f"full traceback in {log}" if log else "the traceback could not be written"
+    kept = ""
+    if workdir:
+        from frep_tf import resume
+        from frep_tf.training import checkpoint
+
+        newest = checkpoint.latest(os.path.join(workdir, resume.CHECKPOINT_DIR))
+        if newest:
+            kept = f"; the last good checkpoint, {newest}, is kept (the same command resumes)"
+    _fail(f"the {stage} stage failed: {cause} ({where}){kept}", EXIT_RUN_FAILED)
 
 
 def _experiment(cfg) -> None:
@@ -105,6 +148,8 @@ def _experiment(cfg) -> None:
         status = runner.run(cfg.run.experiment, cfg.run.workdir, shard=cfg.run.experiment_shard, extra_args=forwarded)
     except (ExperimentError, ReportError) as exc:
         _fail(str(exc))
+    except Exception as exc:  # one line and error.log, as for a run
+        _fail_unexpected(exc, cfg.run.workdir, cfg.run.mode)
     if status:
         sys.exit(status)
 

@@ -109,6 +109,11 @@ class PruneConfig:
     prune_epoch: int = _f(30, "epoch at which one-shot pruning happens (paper: 30 of 100)")
     prune_schedule: str = _f("oneshot", "oneshot (paper) | gradual (TF-MOT polynomial)", choices=PRUNE_SCHEDULES)
     prune_end_epoch: int = _f(0, "gradual schedule: epoch where the target sparsity is reached; 0 = halfway to the end")
+    min_layer_density: float = _f(
+        0.0,
+        "unstructured pruning: every layer keeps at least this fraction of its weights, taken from the global "
+        "budget; 0 = pure global ranking, refused if a layer would keep less than 1/50 of the overall density",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +144,11 @@ class RunConfig:
         "--workdir",
         choices=MODES,
     )
-    workdir: str = _f("runs/default", "output directory (config.json, tb/, export/, results.json)")
+    workdir: str = _f(
+        "runs/default",
+        "output directory (config.json, tb/, export/, results.json); --mode=evaluate writes results.json only "
+        "when --workdir is given",
+    )
     experiment: str = _f("", "--mode=experiment: the experiment file (base flags + axes; see configs/experiments/)")
     experiment_shard: str = _f("", "--mode=experiment: i/n runs every n-th cell starting at cell i (0-based)")
     seed: int = _f(0, "random seed (weights, data order, perturbations)")
@@ -285,6 +294,18 @@ def validate(cfg: Config) -> Config:
                 raise _bad("prune_end_epoch", p.prune_end_epoch, f"must lie in ({p.prune_epoch}, {t.epochs}]")
         elif p.prune_end_epoch:
             raise _bad("prune_end_epoch", p.prune_end_epoch, "only with --prune_schedule=gradual (oneshot prunes once)")
+    if not 0 <= p.min_layer_density <= 1 - p.sparsity:
+        raise _bad(
+            "min_layer_density",
+            p.min_layer_density,
+            f"must lie in [0, 1 - --sparsity] = [0, {1 - p.sparsity:.4g}] (it is taken from the global budget)",
+        )
+    if p.min_layer_density and p.structured:
+        raise _bad(
+            "min_layer_density",
+            p.min_layer_density,
+            "only for unstructured pruning (--structured keeps a channel per layer)",
+        )
     attacks = cfg.attacks
     if not attacks or any(a not in EVAL_ATTACKS for a in attacks):
         raise _bad("eval_attacks", ev.eval_attacks, f"a comma-separated subset of {', '.join(EVAL_ATTACKS)}")
@@ -353,6 +374,12 @@ def validate(cfg: Config) -> Config:
         raise _bad("workdir", "''", "name an output directory")
     if r.workdir:
         _check_workdir(r.workdir)
+    if r.jit_compile and r.distribution == "mirrored":
+        raise _bad(
+            "jit_compile",
+            True,
+            "not with --distribution=mirrored (XLA compilation of the replicated train step fails); drop one of them",
+        )
     if r.verbose not in (-1, 0, 1, 2):
         raise _bad("verbose", r.verbose, "allowed values are -1, 0, 1, 2")
     if r.seed < 0:

@@ -15,9 +15,11 @@ never leaves anything behind; every file is written atomically (temporary name, 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -28,6 +30,19 @@ from frep_tf.io_utils import fsync_dir, remove, write_json_atomic
 
 RESULTS_SCHEMA_VERSION = 2  # 2: evaluation_tflite per exported TFLite file; compact; int8_calibration
 INT8_CALIBRATION_IMAGES = 256  # training images the int8 exports are calibrated on
+
+
+_current_stage = "start"
+
+
+def current_stage() -> str:
+    """The stage running (or that was running when something failed): for main.py's error line."""
+    return _current_stage
+
+
+def _enter_stage(name: str) -> None:
+    global _current_stage
+    _current_stage = name
 
 
 class Stages:
@@ -42,6 +57,7 @@ class Stages:
     def __call__(self, name: str):
         if not self.quiet:
             print(f"[frep_tf] {name} ...", flush=True)
+        _enter_stage(name)
         t = time.perf_counter()
         try:
             yield
@@ -56,14 +72,25 @@ def _setup_tf(cfg: Config):
     import keras
     import tensorflow as tf
 
+    # MultiWorkerMirroredStrategy must exist before other TensorFlow work (it reads TF_CONFIG).
+    strategy = tf.distribute.MultiWorkerMirroredStrategy() if cfg.run.distribution == "multi_worker" else None
     keras.utils.set_random_seed(cfg.run.seed)
     if cfg.run.deterministic:
         tf.config.experimental.enable_op_determinism()
     if cfg.run.distribution == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if cfg.run.distribution == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
+    return strategy or tf.distribute.get_strategy()
+
+
+def is_chief(strategy) -> bool:
+    """The worker that writes the run's outputs: task `chief`, else worker 0; True without a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster:
+        return True
+    if "chief" in cluster:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
 
 
 def load_data(cfg: Config):
@@ -140,7 +167,10 @@ def build_robust_model(cfg: Config, info, steps_per_epoch: int):
         seed=cfg.run.seed,
     )
     decay_steps = lr_decay_steps(t.epochs, steps_per_epoch)
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(list(decay_steps), [t.lr, t.lr / 10, t.lr / 100])
+    # PiecewiseConstantDecay keeps a value up to and including its boundary, and the step taken when
+    # `iterations` == decay_steps[0] is the first one of the decay epoch: it must already use lr / 10.
+    boundaries = [b - 1 for b in decay_steps]
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, [t.lr, t.lr / 10, t.lr / 100])
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=schedule, momentum=t.momentum),
         jit_compile=cfg.run.jit_compile,
@@ -189,7 +219,15 @@ def make_callbacks(cfg: Config, model, splits, decay_steps, steps_per_epoch, wor
         end_epoch = p.prune_end_epoch or (p.prune_epoch + cfg.train.epochs) // 2
         schedule = make_schedule(p.prune_schedule, p.sparsity, begin, end_epoch * steps_per_epoch, steps_per_epoch)
         restart = cfg.ensemble.ensemble_restart and p.prune_schedule == "oneshot"
-        callbacks.append(GlobalPruning(schedule, structured=p.structured, restart_ensemble=restart))
+        callbacks.append(
+            GlobalPruning(
+                schedule,
+                structured=p.structured,
+                restart_ensemble=restart,
+                min_layer_density=p.min_layer_density,
+                log_dir=os.path.join(workdir, "tb", "frep"),
+            )
+        )
         if kill_points.enabled():
             callbacks.append(_after_prune_kill_point())
     x_val, y_val = _arrays(splits.val, cfg.eval.val_samples)
@@ -363,7 +401,7 @@ def run_train(cfg: Config) -> dict:
     from frep_tf.model_io import load_classifier
     from frep_tf.training.checkpoint import EpochCheckpoint
     from frep_tf.training.guards import NonFiniteLossError
-    from frep_tf.training.pruning import kernel_sparsity
+    from frep_tf.training.pruning import PruningError, kernel_sparsity, layer_densities
     from frep_tf.weight_stats import weight_histogram
 
     workdir = cfg.run.workdir
@@ -371,6 +409,12 @@ def run_train(cfg: Config) -> dict:
     stages = Stages()
     with stages("setup"):
         strategy = _setup_tf(cfg)
+        # Multi-worker: only the chief writes the run's outputs; every other worker writes its
+        # checkpoints and TensorBoard logs into a temporary directory, deleted once training ends.
+        chief = is_chief(strategy)
+        out_dir = workdir if chief else tempfile.mkdtemp(prefix="frep_tf-worker-")
+        if not chief:
+            atexit.register(remove, out_dir)  # also when training fails
     with stages("data"):
         splits = load_data(cfg)
         info = splits.info
@@ -386,9 +430,10 @@ def run_train(cfg: Config) -> dict:
         # fresh and resumed runs take the same path).
         model.optimizer.build(model.trainable_variables)
         restored = None if cfg.run.overwrite else _restore(model, workdir)
-        callbacks = make_callbacks(cfg, model, splits, decay_steps, steps_per_epoch, workdir)
+        callbacks = make_callbacks(cfg, model, splits, decay_steps, steps_per_epoch, out_dir)
     # Every check has passed: from here on the workdir is written.
-    resume.prepare(cfg)
+    if chief:
+        resume.prepare(cfg)
     initial_epoch = restored.epoch if restored else 0
     last_logs = restored.logs if restored else {}
     with stages("train"):
@@ -410,7 +455,7 @@ def run_train(cfg: Config) -> dict:
                     shuffle=False,  # the data pipeline shuffles, as a function of (seed, epoch)
                     verbose=_verbose(cfg),
                 )
-            except NonFiniteLossError as exc:
+            except (NonFiniteLossError, PruningError) as exc:
                 from frep_tf.training import checkpoint
 
                 kept = checkpoint.latest(checkpoint_dir)
@@ -419,10 +464,18 @@ def run_train(cfg: Config) -> dict:
                     if kept
                     else "no epoch had finished, so there is no checkpoint"
                 )
-                raise NonFiniteLossError(
-                    f"{exc}; {where}. Try a lower --lr (with --overwrite or another --workdir)"
-                ) from None
+                hint = "Try a lower --lr" if isinstance(exc, NonFiniteLossError) else "Run again"
+                raise type(exc)(f"{exc}; {where}. {hint} (with --overwrite or another --workdir)") from None
             last_logs = next(cb for cb in callbacks if isinstance(cb, EpochCheckpoint)).last_logs
+    if not chief:
+        remove(out_dir)
+        resolver = strategy.cluster_resolver
+        print(
+            f"[frep_tf] {resolver.task_type} {resolver.task_id}: training done; the chief exports, evaluates "
+            f"and writes {workdir}",
+            flush=True,
+        )
+        return {"training": {"epochs": cfg.train.epochs, "final_epoch": last_logs}}
     final = model.ensemble if model.ensemble is not None else fuse(model.network)
     x_test, y_test = _arrays(splits.test)
     export_dir = os.path.join(workdir, resume.EXPORT_DIR)
@@ -451,6 +504,7 @@ def run_train(cfg: Config) -> dict:
         tflite_files = {r.format: r.path for r in records if r.format in export_lib.TFLITE_FORMATS}
         if cfg.eval.eval_tflite and tflite_files:
             tflite_evaluation = evaluate_deployed(tflite_files, model_fn, x_test, y_test, cfg, info.num_classes)
+    _enter_stage("results")
     sparsity = kernel_sparsity(final)
     trainable_training = int(sum(np.prod(v.shape) for v in model.network.trainable_weights))
     results = {
@@ -471,6 +525,12 @@ def run_train(cfg: Config) -> dict:
         },
         "sparsity": {"kernels": sparsity["kernels"], "all_parameters": sparsity["all_parameters"]},
         "weight_histogram": weight_histogram(final),  # paper Fig. 7, for reports
+        # What each prunable layer keeps of its weights (its mask; the training network's layer names).
+        "pruning": {
+            "layers": layer_densities(
+                [layer.name for layer in model.reparam], [np.asarray(layer.mask) for layer in model.reparam]
+            )
+        },
         "evaluation": evaluation,
         "evaluation_tflite": tflite_evaluation,
         "exports": [
@@ -564,6 +624,7 @@ def run_evaluate(cfg: Config) -> dict:
         if source is not None:
             n = cfg.eval.eval_samples or None
             evaluation["transfer_pgd"] = transfer_pgd(source, {"model": model_fn}, x_test[:n], y_test[:n], cfg)["model"]
+    _enter_stage("results")
     results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "mode": "evaluate",

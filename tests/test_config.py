@@ -45,6 +45,10 @@ BAD = [
     (dict(attack_bn="frozen"), "--attack_bn=frozen"),
     (dict(verbose=3), "--verbose=3"),
     (dict(pgd_steps=0), "--pgd_steps=0"),
+    (dict(sparsity=0.99, min_layer_density=0.02), "--min_layer_density=0.02"),
+    (dict(min_layer_density=-0.1), "--min_layer_density=-0.1"),
+    (dict(structured=True, sparsity=0.5, min_layer_density=0.1), "--min_layer_density=0.1"),
+    (dict(jit_compile=True, distribution="mirrored"), "--jit_compile=True: not with --distribution=mirrored"),
 ]
 
 

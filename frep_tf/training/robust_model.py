@@ -20,11 +20,25 @@ from frep_tf.structure import channel_graph
 from frep_tf.training.pruning import structural_projection
 
 
+def replicas_in_sync() -> int:
+    """Replicas whose gradients the optimizer sums (1 outside tf.distribute)."""
+    ctx = tf.distribute.get_replica_context()
+    return ctx.num_replicas_in_sync if ctx is not None else 1
+
+
 def replica_mean(per_example):
     """Mean over the global batch: local mean / replicas (gradients are summed across replicas)."""
-    ctx = tf.distribute.get_replica_context()
-    replicas = ctx.num_replicas_in_sync if ctx is not None else 1
-    return tf.reduce_mean(per_example) / tf.cast(replicas, per_example.dtype)
+    return tf.reduce_mean(per_example) / tf.cast(replicas_in_sync(), per_example.dtype)
+
+
+def _per_worker_logs(logs: dict) -> dict:
+    """Keras' fit reduces step outputs across workers with a mean over axis 0, which a scalar has not
+    (MultiWorkerMirroredStrategy only): give each value that axis; the mean over workers is a scalar."""
+    strategy = tf.distribute.get_strategy()
+    multi_worker = (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+    )
+    return {k: tf.reshape(v, [1]) for k, v in logs.items()} if multi_worker else logs
 
 
 def _project(x_adv, x, eps):
@@ -85,6 +99,14 @@ class RobustModel(keras.Model):
     # -- Keras plumbing ------------------------------------------------------------------------
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras first all-reduces a sample batch to build unbuilt state, which fails under
+        # MultiWorkerMirroredStrategy (a PerReplica it cannot convert); when the network and the
+        # optimizer are built (the pipeline builds both), there is nothing to build.
+        if self.optimizer is not None and self.optimizer.built and self._compile_metrics is None:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     @property
     def has_clean_forward(self) -> bool:
@@ -173,8 +195,11 @@ class RobustModel(keras.Model):
         grads = tape.gradient(loss, variables)
         if self.weight_decay:
             # Coupled L2 as in PyTorch's SGD(weight_decay=...), which the paper's numbers come from;
-            # on factors it amounts to weight decay on the fused weight (paper Eq. 8).
-            grads = [g + self.weight_decay * v for g, v in zip(grads, variables, strict=True)]
+            # on factors it amounts to weight decay on the fused weight (paper Eq. 8). Every replica
+            # adds its share: the optimizer sums the replicas' gradients, so the total is weight_decay * v
+            # whatever the number of replicas (like the loss, which replica_mean scales the same way).
+            decay = self.weight_decay / replicas_in_sync()
+            grads = [g + decay * v for g, v in zip(grads, variables, strict=True)]
         self.optimizer.apply(grads, variables)
         self._project_pruned_factors()
         self.loss_tracker.update_state(tf.reduce_mean(per_example))
@@ -182,7 +207,7 @@ class RobustModel(keras.Model):
             self.clean_acc.update_state(y, logits_clean)
         if logits_adv is not None:
             self.adv_acc.update_state(y, logits_adv)
-        return {m.name: m.result() for m in self.metrics}
+        return _per_worker_logs({m.name: m.result() for m in self.metrics})
 
     def _perturb(self, x, y, logits_clean):
         obj = self.objective
@@ -227,7 +252,7 @@ class RobustModel(keras.Model):
         logits = self.network(x, training=False)
         self.loss_tracker.update_state(tf.reduce_mean(losses.cross_entropy(logits, y)))
         self.clean_acc.update_state(y, logits)
-        return {"loss": self.loss_tracker.result(), "clean_acc": self.clean_acc.result()}
+        return _per_worker_logs({"loss": self.loss_tracker.result(), "clean_acc": self.clean_acc.result()})
 
     # -- ensemble -----------------------------------------------------------------------------------
     def ensemble_pairs(self):
