@@ -100,3 +100,10 @@ def test_hard_pruning_gives_exact_per_layer_sparsity():
         assert np.count_nonzero(kernel) == round(0.1 * w.size)
         np.testing.assert_array_equal(kernel, _np_project(w, round(0.1 * w.size)))
         np.testing.assert_array_equal(np.asarray(layer.kernel)[np.asarray(layer.mask) == 0], 0.0)
+
+
+def test_state_config_round_trip():
+    state = admm.ADMMState([(3, 3, 1, 2)], 0.5, rho=0.01, rho_factor=1.5, admm_epoch=3, layer_names=["conv1"])
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(state))
+    assert (clone.keeps, clone.rho0, clone.rho_factor, clone.admm_epoch) == ([9], 0.01, 1.5, 3)
+    assert [v.path for v in clone.variables] == [v.path for v in state.variables]

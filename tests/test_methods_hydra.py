@@ -85,13 +85,21 @@ def test_fixed_masks_for_finetuning_follow_the_learnt_scores():
     model = _model()
     layers = reparam_layers(model)
     scores = hydra.HydraScores.for_layers(layers, 0.75)
+    scores.initialize([layer.fused_kernel() for layer in layers])
+    scores.assign_masks(layers)  # as during score learning: the layers carry the mask of an older step
     rng = np.random.default_rng(3)
     for s in scores.scores:
         s.assign(rng.normal(size=s.shape).astype(np.float32))  # "learnt": no longer the magnitude order
     expected = [_np_magnitude_mask(np.asarray(s), k) for s, k in zip(scores.scores, scores.keeps, strict=True)]
-    scores.assign_masks(layers)  # as during score learning
     masks = scores.fixed_masks(layers)
     for layer, mask, want in zip(layers, masks, expected, strict=True):
         np.testing.assert_array_equal(mask, want)
         np.testing.assert_array_equal(np.asarray(layer.mask), want)
         np.testing.assert_array_equal(np.asarray(layer.kernel)[want == 0], 0.0)  # projected for finetuning
+
+
+def test_scores_config_round_trip():
+    scores = hydra.HydraScores([(3, 3, 1, 2), (4, 3)], 0.5, layer_names=["conv1", "head"])
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(scores))
+    assert clone.keeps == scores.keeps == [9, 6]
+    assert [v.path for v in clone.trainable_variables] == [v.path for v in scores.trainable_variables]

@@ -174,3 +174,36 @@ def test_a_conv_network_pass_leaves_the_network_as_it_was():
     # No mask step: softplus(m) = 1, nothing is removed, every saliency is zero.
     untouched = mad.SaliencyPass(network, layers, steps=0).batch(x, y)
     assert all(np.all(s.numpy() == 0) for s in untouched)
+
+
+def test_saliency_average_config_round_trip():
+    avg = mad.SaliencyAverage([(3, 3, 1, 2)], layer_names=["conv1"])
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(avg))
+    assert [v.path for v in clone.variables] == [v.path for v in avg.variables]
+    assert not clone.trainable_variables
+
+
+def test_already_pruned_weights_have_no_saliency_and_stay_pruned():
+    rng = np.random.default_rng(6)
+    inputs = keras.Input((6,))
+    head = ReparamDense(4, parameterization="plain", name="head")
+    network = keras.Model(inputs, head(inputs))
+    saliency_pass = mad.SaliencyPass(network, [head], steps=3)
+    pruned = (rng.uniform(size=(6, 4)) > 0.5).astype(np.float32)
+    head.mask.assign(pruned)  # pruned after the pass was built: the pass must see it
+    x = rng.normal(size=(8, 6)).astype(np.float32)
+    s = saliency_pass.batch(x, rng.integers(0, 4, size=8).astype(np.int32))[0].numpy()
+    assert np.all(s[pruned == 0] == 0) and np.any(s[pruned == 1] != 0)
+    np.testing.assert_array_equal(np.asarray(head.mask), pruned)
+
+
+def test_both_branches_of_a_times_delta_are_exercised():
+    rng = np.random.default_rng(7)
+    layer = ReparamDense(8, parameterization="plain")
+    x = rng.normal(size=(10, 2)).astype(np.float32)
+    y = layer(x)
+    delta = rng.normal(size=(2, 8)).astype(np.float32)
+    assert mad._explicit_is_cheaper(10, 2, 8) and not mad._explicit_is_cheaper(10, 36, 2)
+    np.testing.assert_allclose(
+        mad.input_factor_times(layer, x, y, tf.constant(delta)).numpy(), (x.T @ x / 10) @ delta, rtol=1e-5, atol=1e-6
+    )
