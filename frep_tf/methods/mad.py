@@ -169,6 +169,8 @@ class SoftMasks:
 
     def optimize(self, x, y) -> list:
         """Reset and optimise the masks on (x, y); they stay in the layers until `restore`."""
+        for b, layer in zip(self.binary, self.layers, strict=True):
+            b.assign(tf.convert_to_tensor(layer.mask))  # the binary masks as they are now
         self._optimize(tf.convert_to_tensor(x), tf.convert_to_tensor(y))
         return self.values()
 
