@@ -107,3 +107,16 @@ def test_state_config_round_trip():
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(state))
     assert (clone.keeps, clone.rho0, clone.rho_factor, clone.admm_epoch) == ([9], 0.01, 1.5, 3)
     assert [v.path for v in clone.variables] == [v.path for v in state.variables]
+
+
+def test_penalty_inside_tf_function_equals_eager():
+    keras.utils.set_random_seed(1)
+    model = build_model("small_cnn", input_shape=(8, 8, 1), parameterization="plain", width=0.25)
+    layers = admm.admm_layers(reparam_layers(model))
+    state = admm.ADMMState.for_layers(layers, 0.8, rho=0.1)
+    state.initialize([layer.fused_kernel() for layer in layers])
+    state.update([layer.fused_kernel() * 1.1 for layer in layers])  # U != 0
+    compiled = tf.function(lambda: state.penalty([layer.fused_kernel() for layer in layers]))
+    eager = state.penalty([layer.fused_kernel() for layer in layers])
+    np.testing.assert_allclose(compiled().numpy(), eager.numpy(), rtol=1e-6)
+    assert eager.numpy() > 0

@@ -103,3 +103,37 @@ def test_scores_config_round_trip():
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(scores))
     assert clone.keeps == scores.keeps == [9, 6]
     assert [v.path for v in clone.trainable_variables] == [v.path for v in scores.trainable_variables]
+
+
+def test_score_learning_steps_run_inside_tf_function():
+    """The shape of the stage's train step: masks from scores, forward, straight-through, update."""
+    model = _model()
+    layers = reparam_layers(model)
+    scores = hydra.HydraScores.for_layers(layers, 0.5)
+    scores.initialize([layer.fused_kernel() for layer in layers])
+    hydra.freeze_weights(layers)
+    kernels = [np.asarray(layer.kernel) for layer in layers]
+    first = [m.numpy() for m in scores.masks()]
+    optimizer = keras.optimizers.SGD(1.0)
+    optimizer.build(scores.trainable_variables)
+    x = tf.random.stateless_uniform((16, 8, 8, 1), seed=(3, 4))
+    y = tf.range(16) % 10
+
+    @tf.function
+    def step():
+        scores.assign_masks(layers)
+        carriers = [layer.mask.value for layer in layers]
+        with tf.GradientTape() as tape:
+            tape.watch(carriers)
+            logits = model(x, training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+        grads = scores.score_gradients(tape.gradient(loss, carriers))
+        optimizer.apply(grads, scores.trainable_variables)
+        return loss
+
+    for _ in range(3):
+        step()
+    assert any(np.any(m.numpy() != f) for m, f in zip(scores.masks(), first, strict=True))  # masks moved
+    assert [int(m.numpy().sum()) for m in scores.masks()] == scores.keeps
+    for layer, w in zip(layers, kernels, strict=True):
+        np.testing.assert_array_equal(np.asarray(layer.kernel), w)  # weights frozen
