@@ -1,0 +1,178 @@
+"""ADMM robustness-aware pruning (Ye et al., ICCV 2019; yeshaokai/Robustness-Aware-Pruning-ADMM).
+
+The ADMM stage minimises CE_adv + sum_l rho_l / 2 ||W_l - Z_l + U_l||^2 over the weights, and every
+`admm_epoch` epochs (not at epoch 0) does, per layer and in this order, as the original's
+`admm_update` with `multi_rho`:
+
+    rho <- rho_factor * rho;   Z <- proj(W + U);   U <- U + W - Z
+
+where proj keeps the per-layer top-k |.| entries (values unchanged). The state starts at the first
+epoch of the stage with Z = proj(W), U = 0. After the stage, `hard_prune` sets per-layer masks from
+|W| (the original's `masking`, which ranks W, not Z) and masked retraining follows.
+Only conv layers are pruned, as in the original's configs (`admm_layers`).
+
+Z, U, rho and the update count are non-trainable variables of `ADMMState`, a Keras layer: attached to
+the trained model, checkpoints carry them, and `catch_up` is idempotent, so a resumed stage neither
+repeats nor skips an update.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from frep_tf.layers.reparam import ReparamConv2D
+from frep_tf.methods import masks as masks_lib
+
+
+def admm_layers(layers) -> list:
+    """The layers ADMM prunes: conv layers only (the original's `prune_ratios` list conv weights)."""
+    return [layer for layer in layers if isinstance(layer, ReparamConv2D)]
+
+
+def project(values, keep: int):
+    """Euclidean projection onto tensors with at most `keep` non-zeros: keep the top-k |values|."""
+    values = tf.convert_to_tensor(values)
+    return values * masks_lib.topk_mask(tf.abs(values), keep)
+
+
+@keras.saving.register_keras_serializable(package="frep_tf")
+class ADMMState(keras.layers.Layer):
+    """Z, U and rho of every pruned layer, and how many ADMM updates have been done."""
+
+    def __init__(
+        self,
+        kernel_shapes,
+        sparsity: float,
+        *,
+        rho: float = 1e-3,
+        rho_factor: float = 1.3,
+        admm_epoch: int = 20,
+        layer_names=None,
+        **kwargs,
+    ):
+        super().__init__(trainable=False, **kwargs)
+        self.kernel_shapes = [tuple(int(d) for d in s) for s in kernel_shapes]
+        self.sparsity = masks_lib.check_sparsity(sparsity)
+        if not rho > 0 or not rho_factor > 0:
+            raise ValueError(f"`rho` and `rho_factor` must be > 0. Received: rho={rho!r}, rho_factor={rho_factor!r}")
+        if isinstance(admm_epoch, bool) or not isinstance(admm_epoch, int) or admm_epoch <= 0:
+            raise ValueError(f"`admm_epoch` must be a positive integer. Received: admm_epoch={admm_epoch!r}")
+        self.rho0 = float(rho)
+        self.rho_factor = float(rho_factor)
+        self.admm_epoch = admm_epoch
+        names = layer_names or [f"layer{i}" for i in range(len(self.kernel_shapes))]
+        if len(names) != len(self.kernel_shapes):
+            raise ValueError(f"One name per kernel. Received: layer_names={layer_names!r}")
+        self.layer_names = list(names)
+        self.keeps = [masks_lib.keep_count(_size(s), self.sparsity) for s in self.kernel_shapes]
+        self.z = [self._state(f"z_{n}", s) for n, s in zip(self.layer_names, self.kernel_shapes, strict=True)]
+        self.u = [self._state(f"u_{n}", s) for n, s in zip(self.layer_names, self.kernel_shapes, strict=True)]
+        self.rho = self.add_weight(
+            name="rho",
+            shape=(len(self.kernel_shapes),),
+            initializer=keras.initializers.Constant(self.rho0),
+            trainable=False,
+        )
+        self.updates = self.add_weight(name="updates", shape=(), dtype="int64", initializer="zeros", trainable=False)
+        self.initialized = self.add_weight(
+            name="initialized", shape=(), dtype="bool", initializer="zeros", trainable=False
+        )
+        self.built = True
+
+    @classmethod
+    def for_layers(cls, layers, sparsity: float, **kwargs) -> ADMMState:
+        return cls(
+            [tuple(layer.mask.shape) for layer in layers],
+            sparsity,
+            layer_names=[layer.name for layer in layers],
+            **kwargs,
+        )
+
+    def _state(self, name, shape):
+        return self.add_weight(name=name, shape=shape, initializer="zeros", trainable=False)
+
+    # -- the algorithm -------------------------------------------------------------------------
+    def initialize(self, kernels) -> None:
+        """Z = proj(W), U = 0, rho = rho0 (the start of the ADMM stage)."""
+        for z, u, w, keep in zip(self.z, self.u, kernels, self.keeps, strict=True):
+            z.assign(project(w, keep))
+            u.assign(tf.zeros_like(u))
+        self.rho.assign(tf.fill(self.rho.shape, self.rho0))
+        self.updates.assign(0)
+        self.initialized.assign(True)
+
+    def update(self, kernels) -> None:
+        """One ADMM update: rho *= rho_factor, Z = proj(W + U), U = U + W - Z."""
+        self.rho.assign(self.rho * self.rho_factor)
+        for z, u, w, keep in zip(self.z, self.u, kernels, self.keeps, strict=True):
+            w = tf.convert_to_tensor(w)
+            z.assign(project(w + u, keep))
+            u.assign(u + w - z)
+        self.updates.assign_add(1)
+
+    def catch_up(self, epoch: int, kernels_fn) -> None:
+        """At the start of stage epoch `epoch` (0-based): initialise once, then do the updates that are
+        due (one at every positive multiple of `admm_epoch`). Safe to call again after a resume."""
+        if not bool(self.initialized.numpy()):
+            self.initialize(kernels_fn())
+        while int(self.updates.numpy()) < epoch // self.admm_epoch:
+            self.update(kernels_fn())
+
+    def penalty(self, kernels):
+        """sum_l rho_l / 2 * ||W_l - Z_l + U_l||^2 (a scalar tensor, differentiable in the kernels).
+
+        Add it to the per-replica loss divided by the number of replicas, like the data term, when
+        gradients are summed across replicas."""
+        terms = [
+            0.5 * self.rho[i] * tf.reduce_sum(tf.square(tf.convert_to_tensor(w) - self.z[i] + self.u[i]))
+            for i, w in enumerate(kernels)
+        ]
+        return tf.add_n(terms) if terms else tf.constant(0.0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("trainable", None)
+        config.update(
+            kernel_shapes=self.kernel_shapes,
+            sparsity=self.sparsity,
+            rho=self.rho0,
+            rho_factor=self.rho_factor,
+            admm_epoch=self.admm_epoch,
+            layer_names=self.layer_names,
+        )
+        return config
+
+
+def rho_at_epoch(rho0: float, epoch: int, admm_epoch: int, rho_factor: float = 1.3) -> float:
+    """rho during stage epoch `epoch` (0-based): rho0 * rho_factor ** (epoch // admm_epoch)."""
+    return rho0 * rho_factor ** (epoch // admm_epoch)
+
+
+class ADMMUpdates(keras.callbacks.Callback):
+    """Drives `ADMMState.catch_up` from fit; keeps no state of its own (it is all in the variables)."""
+
+    def __init__(self, state: ADMMState, layers):
+        super().__init__()
+        self.state = state
+        self.layers = list(layers)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.state.catch_up(epoch, lambda: masks_lib.kernels(self.layers))
+
+
+def hard_prune(layers, sparsity: float) -> list:
+    """Per-layer top-k |W| masks (exact count per layer), applied to the layers; returns the masks."""
+    found = []
+    for layer in layers:
+        w = tf.abs(layer.fused_kernel())
+        found.append(masks_lib.topk_mask(w, masks_lib.keep_count(_size(w.shape), sparsity)).numpy())
+    masks_lib.apply_masks(layers, found)
+    return found
+
+
+def _size(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
