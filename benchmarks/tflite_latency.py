@@ -177,7 +177,7 @@ def table(results: dict, workdir: str, timings: dict, threads) -> str:
         row.append(f"{e['bytes'] / dense_bytes:.3f}" if dense_bytes else "-")
         for n in threads:
             t = timings[(fmt, n)]
-            row += [f"{t['median_ms']:.2f}", f"{t['p90_ms']:.2f}"]
+            row += [f"{t['median_ms']:.3f}", f"{t['p90_ms']:.3f}"]
         t = timings[(fmt, threads[0])]
         row.append(f"{dense['median_ms'] / t['median_ms']:.2f}x" if dense else "-")
         ev = evaluated.get(fmt, {})
@@ -189,8 +189,13 @@ def table(results: dict, workdir: str, timings: dict, threads) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True, help="a run's workdir (results.json, export/)")
-    parser.add_argument("--build", choices=tuple(BUILDS), default=None, help="first write these files")
+    parser.add_argument(
+        "--workdir",
+        required=True,
+        action="append",
+        help="a run's workdir (results.json, export/); repeat to time several runs' files side by side in one process",
+    )
+    parser.add_argument("--build", choices=tuple(BUILDS), default=None, help="first write these files (one workdir)")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--rounds", type=int, default=100, help="timed invocations per file and thread count")
     parser.add_argument("--warmup", type=int, default=10)
@@ -198,25 +203,35 @@ def main() -> None:
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     if args.build:
-        os.makedirs(args.workdir, exist_ok=True)
-        build(args.build, args.workdir)
-    path = os.path.join(args.workdir, "results.json")
-    if not os.path.exists(path):
-        sys.exit(f"error: --workdir={args.workdir}: no results.json (run main.py there, or use --build)")
-    with open(path) as fh:
-        results = json.load(fh)
-    files = {
-        e["format"]: os.path.join(args.workdir, e["path"]) for e in results.get("exports", []) if e["format"] in ORDER
-    }
-    if not files:
-        sys.exit(f"error: --workdir={args.workdir}: no TFLite file among the exports (add tflite to --export)")
+        if len(args.workdir) != 1:
+            sys.exit("error: --build writes into one --workdir")
+        os.makedirs(args.workdir[0], exist_ok=True)
+        build(args.build, args.workdir[0])
+    runs, files = {}, {}
+    for workdir in args.workdir:
+        path = os.path.join(workdir, "results.json")
+        if not os.path.exists(path):
+            sys.exit(f"error: --workdir={workdir}: no results.json (run main.py there, or use --build)")
+        with open(path) as fh:
+            runs[workdir] = json.load(fh)
+        found = {e["format"]: os.path.join(workdir, e["path"]) for e in runs[workdir].get("exports", [])}
+        found = {fmt: p for fmt, p in found.items() if fmt in ORDER}
+        if not found:
+            sys.exit(f"error: --workdir={workdir}: no TFLite file among the exports (add tflite to --export)")
+        files.update({(workdir, fmt): p for fmt, p in found.items()})
     from frep_tf.tflite import TFLiteModel
 
-    image_shape = TFLiteModel(next(iter(files.values())))._base_shape[1:]
+    shapes = {tuple(TFLiteModel(p).input_shape) for p in files.values()}
     start = time.perf_counter()
-    timings = time_files(files, image_shape, threads, args.rounds, args.warmup)
-    print(table(results, args.workdir, timings, threads))
+    timings = {}
+    for shape in shapes:  # runs with the same image shape are timed together, interleaved
+        group = {k: p for k, p in files.items() if tuple(TFLiteModel(p).input_shape) == shape}
+        timings.update(time_files(group, shape, threads, args.rounds, args.warmup))
     load = os.getloadavg()
+    for workdir, results in runs.items():
+        mine = {(fmt, n): t for ((w, fmt), n), t in timings.items() if w == workdir}
+        print(f"\n{workdir}\n")
+        print(table(results, workdir, mine, threads))
     print(
         f"\n{args.rounds} interleaved batch-1 invocations per file and thread count after {args.warmup} warm-up; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load[0]:.2f} "
@@ -224,7 +239,8 @@ def main() -> None:
     )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({f"{k[0]}@{k[1]}": v for k, v in timings.items()} | {"load": load}, fh, indent=2)
+            out = {f"{k[0][0]}:{k[0][1]}@{k[1]}": v for k, v in timings.items()}
+            json.dump(out | {"load": load}, fh, indent=2)
 
 
 if __name__ == "__main__":
