@@ -15,7 +15,8 @@ columns need a trained run (`--workdir` of `python main.py ... --export=...`).
 Latency: every file gets its own interpreter per thread count, XNNPACK on (the default delegate; a
 file it cannot run falls back to the builtin kernels, and the table says so), a fixed random image
 bound once; after a warm-up, single invocations of all files are interleaved round after round so
-load drift hits every file alike. Median and 90th percentile per image, in milliseconds.
+load drift hits every file alike. Median, 90th percentile and minimum per image, in milliseconds (on a
+shared machine the minimum is the run least disturbed by other jobs, the closest to an idle device).
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ def time_files(files: dict, image_shape, threads, rounds: int, warmup: int, seed
         out[key] = {
             "median_ms": 1000 * statistics.median(values),
             "p90_ms": 1000 * values[min(len(values) - 1, int(0.9 * len(values)))],
+            "min_ms": 1000 * values[0],  # the least disturbed run: closest to an idle machine
             "resolver": runners[key][1],
         }
     return out
@@ -167,7 +169,14 @@ def table(results: dict, workdir: str, timings: dict, threads) -> str:
     head = ["File", "Format", "Bytes", "vs dense"]
     for n in threads:
         head += [f"median ms ({n} thr)", f"p90 ms ({n} thr)"]
-    head += [f"speed-up ({threads[0]} thr)", "Clean %", "Transfer PGD %", "Square %", "resolver"]
+    head += [
+        f"min ms ({threads[0]} thr)",
+        f"speed-up ({threads[0]} thr, median / min)",
+        "Clean %",
+        "Transfer PGD %",
+        "Square %",
+        "resolver",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for fmt in ORDER:
         if fmt not in exports:
@@ -177,9 +186,12 @@ def table(results: dict, workdir: str, timings: dict, threads) -> str:
         row.append(f"{e['bytes'] / dense_bytes:.3f}" if dense_bytes else "-")
         for n in threads:
             t = timings[(fmt, n)]
-            row += [f"{t['median_ms']:.2f}", f"{t['p90_ms']:.2f}"]
+            row += [f"{t['median_ms']:.3f}", f"{t['p90_ms']:.3f}"]
         t = timings[(fmt, threads[0])]
-        row.append(f"{dense['median_ms'] / t['median_ms']:.2f}x" if dense else "-")
+        row.append(f"{t['min_ms']:.3f}")
+        row.append(
+            f"{dense['median_ms'] / t['median_ms']:.2f}x / {dense['min_ms'] / t['min_ms']:.2f}x" if dense else "-"
+        )
         ev = evaluated.get(fmt, {})
         row += [_pct(ev, "clean", "accuracy"), _pct(ev, "transfer_pgd", "accuracy"), _pct(ev, "square", "accuracy")]
         row.append("/".join(sorted({timings[(fmt, n)]["resolver"] for n in threads})))
@@ -189,8 +201,13 @@ def table(results: dict, workdir: str, timings: dict, threads) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True, help="a run's workdir (results.json, export/)")
-    parser.add_argument("--build", choices=tuple(BUILDS), default=None, help="first write these files")
+    parser.add_argument(
+        "--workdir",
+        required=True,
+        action="append",
+        help="a run's workdir (results.json, export/); repeat to time several runs' files side by side in one process",
+    )
+    parser.add_argument("--build", choices=tuple(BUILDS), default=None, help="first write these files (one workdir)")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--rounds", type=int, default=100, help="timed invocations per file and thread count")
     parser.add_argument("--warmup", type=int, default=10)
@@ -198,25 +215,35 @@ def main() -> None:
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     if args.build:
-        os.makedirs(args.workdir, exist_ok=True)
-        build(args.build, args.workdir)
-    path = os.path.join(args.workdir, "results.json")
-    if not os.path.exists(path):
-        sys.exit(f"error: --workdir={args.workdir}: no results.json (run main.py there, or use --build)")
-    with open(path) as fh:
-        results = json.load(fh)
-    files = {
-        e["format"]: os.path.join(args.workdir, e["path"]) for e in results.get("exports", []) if e["format"] in ORDER
-    }
-    if not files:
-        sys.exit(f"error: --workdir={args.workdir}: no TFLite file among the exports (add tflite to --export)")
+        if len(args.workdir) != 1:
+            sys.exit("error: --build writes into one --workdir")
+        os.makedirs(args.workdir[0], exist_ok=True)
+        build(args.build, args.workdir[0])
+    runs, files = {}, {}
+    for workdir in args.workdir:
+        path = os.path.join(workdir, "results.json")
+        if not os.path.exists(path):
+            sys.exit(f"error: --workdir={workdir}: no results.json (run main.py there, or use --build)")
+        with open(path) as fh:
+            runs[workdir] = json.load(fh)
+        found = {e["format"]: os.path.join(workdir, e["path"]) for e in runs[workdir].get("exports", [])}
+        found = {fmt: p for fmt, p in found.items() if fmt in ORDER}
+        if not found:
+            sys.exit(f"error: --workdir={workdir}: no TFLite file among the exports (add tflite to --export)")
+        files.update({(workdir, fmt): p for fmt, p in found.items()})
     from frep_tf.tflite import TFLiteModel
 
-    image_shape = TFLiteModel(next(iter(files.values())))._base_shape[1:]
+    shapes = {tuple(TFLiteModel(p).input_shape) for p in files.values()}
     start = time.perf_counter()
-    timings = time_files(files, image_shape, threads, args.rounds, args.warmup)
-    print(table(results, args.workdir, timings, threads))
+    timings = {}
+    for shape in shapes:  # runs with the same image shape are timed together, interleaved
+        group = {k: p for k, p in files.items() if tuple(TFLiteModel(p).input_shape) == shape}
+        timings.update(time_files(group, shape, threads, args.rounds, args.warmup))
     load = os.getloadavg()
+    for workdir, results in runs.items():
+        mine = {(fmt, n): t for ((w, fmt), n), t in timings.items() if w == workdir}
+        print(f"\n{workdir}\n")
+        print(table(results, workdir, mine, threads))
     print(
         f"\n{args.rounds} interleaved batch-1 invocations per file and thread count after {args.warmup} warm-up; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load[0]:.2f} "
@@ -224,7 +251,8 @@ def main() -> None:
     )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({f"{k[0]}@{k[1]}": v for k, v in timings.items()} | {"load": load}, fh, indent=2)
+            out = {f"{k[0][0]}:{k[0][1]}@{k[1]}": v for k, v in timings.items()}
+            json.dump(out | {"load": load}, fh, indent=2)
 
 
 if __name__ == "__main__":
