@@ -109,6 +109,11 @@ class PruneConfig:
     prune_epoch: int = _f(30, "epoch at which one-shot pruning happens (paper: 30 of 100)")
     prune_schedule: str = _f("oneshot", "oneshot (paper) | gradual (TF-MOT polynomial)", choices=PRUNE_SCHEDULES)
     prune_end_epoch: int = _f(0, "gradual schedule: epoch where the target sparsity is reached; 0 = halfway to the end")
+    min_layer_density: float = _f(
+        0.0,
+        "unstructured pruning: every layer keeps at least this fraction of its weights, taken from the global "
+        "budget; 0 = pure global ranking, refused if a layer would keep less than 1/50 of the overall density",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,6 +284,12 @@ def validate(cfg: Config) -> Config:
                 raise _bad("prune_end_epoch", p.prune_end_epoch, f"must lie in ({p.prune_epoch}, {t.epochs}]")
         elif p.prune_end_epoch:
             raise _bad("prune_end_epoch", p.prune_end_epoch, "only with --prune_schedule=gradual (oneshot prunes once)")
+    if not 0 <= p.min_layer_density <= 1 - p.sparsity:
+        raise _bad(
+            "min_layer_density",
+            p.min_layer_density,
+            f"must lie in [0, 1 - --sparsity] = [0, {1 - p.sparsity:.4g}] (it is taken from the global budget)",
+        )
     attacks = cfg.attacks
     if not attacks or any(a not in EVAL_ATTACKS for a in attacks):
         raise _bad("eval_attacks", ev.eval_attacks, f"a comma-separated subset of {', '.join(EVAL_ATTACKS)}")

@@ -188,7 +188,15 @@ def make_callbacks(cfg: Config, model, splits, decay_steps, steps_per_epoch, wor
         end_epoch = p.prune_end_epoch or (p.prune_epoch + cfg.train.epochs) // 2
         schedule = make_schedule(p.prune_schedule, p.sparsity, begin, end_epoch * steps_per_epoch, steps_per_epoch)
         restart = cfg.ensemble.ensemble_restart and p.prune_schedule == "oneshot"
-        callbacks.append(GlobalPruning(schedule, structured=p.structured, restart_ensemble=restart))
+        callbacks.append(
+            GlobalPruning(
+                schedule,
+                structured=p.structured,
+                restart_ensemble=restart,
+                min_layer_density=p.min_layer_density,
+                log_dir=os.path.join(workdir, "tb", "frep"),
+            )
+        )
         if kill_points.enabled():
             callbacks.append(_after_prune_kill_point())
     x_val, y_val = _arrays(splits.val, cfg.eval.val_samples)
