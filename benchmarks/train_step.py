@@ -16,8 +16,8 @@ for
 on the same synthetic batch. A *round* times one step of every variant, interleaved, so load drift on a
 shared machine hits all of them alike; every ratio is computed within a round and the median over
 rounds is reported, with its range. The temporal-ensemble update (a callback every 100+ steps) is not
-part of the step. Peak memory (peak RSS of a child process that builds one variant and trains it) is
-measured for natural and frep, each in its own process.
+part of the step. Peak memory (peak RSS, VmHWM, of a child process that builds one variant and trains it)
+is measured for natural and frep, each in its own process, before this process builds its models.
 """
 
 from __future__ import annotations
@@ -95,16 +95,26 @@ def batch(args, shape):
     return rng.random((args.batch_size, *shape)).astype("float32"), rng.integers(0, 10, args.batch_size).astype("int32")
 
 
+def _high_water_mib() -> float:
+    """Peak RSS of this process image. Not getrusage's ru_maxrss: Linux carries that over from the parent
+    through fork and exec, so a child started by a large parent reports the parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
+
+
 def peak_memory_child(name: str, args) -> None:
     """Child mode: peak RSS (MiB) of a process that builds one variant and trains it for a few steps."""
     shape = _shape(args)
     model = build(name, args, shape)
     x, y = batch(args, shape)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _high_water_mib()
     for _ in range(3):
         model.train_on_batch(x, y)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": peak / 1024, "growth_mib": (peak - base) / 1024}))
+    peak = _high_water_mib()
+    print(json.dumps({"peak_mib": peak, "growth_mib": peak - base}))
 
 
 def breakdown(args) -> dict:
@@ -206,9 +216,17 @@ def main() -> None:
     import tensorflow as tf
 
     started = time.perf_counter()
+    names = args.variants.split(",")
+    memory = {}
+    if not args.no_memory:
+        for name in [n for n in ("natural", "frep") if n in names]:
+            cmd = [sys.executable, os.path.abspath(__file__), f"--child={name}", f"--arch={args.arch}"]
+            cmd += [f"--batch_size={args.batch_size}", f"--image_size={args.image_size}"]
+            cmd += ["--jit_compile"] if args.jit_compile else []
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            memory[name] = json.loads(out.strip().splitlines()[-1])
     keras.utils.set_random_seed(0)
     shape = _shape(args)
-    names = args.variants.split(",")
     x, y = batch(args, shape)
     models = {name: build(name, args, shape) for name in names}
     for _ in range(args.warmup):
@@ -222,14 +240,6 @@ def main() -> None:
             times[name].append(1000 * (time.perf_counter() - t))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {times[n][-1]:.0f} ms" for n in names), flush=True)
     del models
-    memory = {}
-    if not args.no_memory:
-        for name in [n for n in ("natural", "frep") if n in names]:
-            cmd = [sys.executable, os.path.abspath(__file__), f"--child={name}", f"--arch={args.arch}"]
-            cmd += [f"--batch_size={args.batch_size}", f"--image_size={args.image_size}"]
-            cmd += ["--jit_compile"] if args.jit_compile else []
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            memory[name] = json.loads(out.strip().splitlines()[-1])
     parts = breakdown(args) if args.breakdown else {}
 
     load = os.getloadavg()

@@ -189,7 +189,7 @@ def test_frep_ch_structured_end_to_end_through_main(tmp_path):
         "--val_pgd_steps=2",
         "--eval_attacks=clean,pgd",
         "--eval_pgd_steps=5",
-        "--export=keras,tflite_sparse",
+        "--export=keras",
         "--verbose=0",
         f"--workdir={tmp_path}",
     ]
