@@ -112,7 +112,10 @@ def _fail_unexpected(exc: Exception, workdir: str, stage: str) -> None:
             break
         except OSError:  # e.g. the disk that is full
             continue
-    cause = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    # TensorFlow's op errors start with "Graph execution error:" and an indented trace of the node.
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith((" ", "\t"))]
+    generic = ("Graph execution error", "Detected at node")
+    cause = next((line for line in lines if not line.startswith(generic)), lines[0] if lines else "")
     cause = f"{type(exc).__name__}: {cause}" if cause else type(exc).__name__
     if len(cause) > 300:
         cause = cause[:297] + "..."

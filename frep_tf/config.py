@@ -31,6 +31,7 @@ TABLE_I_COLUMNS = (
     ("autoattack", "AA"),
 )
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
+ENSEMBLE_INTERVAL_FROM = ("global", "decay")
 MODES = ("train", "evaluate", "predict", "experiment", "report")
 
 
@@ -100,6 +101,12 @@ class EnsembleConfig:
     ensemble_warmup: float = _f(10.0, "c in tau = min(tau0, i / (i + c)), i = ensemble updates so far")
     ensemble_interval: int = _f(100, "optimizer steps between ensemble updates; x10 at each lr decay (paper)")
     ensemble_restart: bool = _f(True, "restart the ensemble warm-up when pruning (one-shot) changes the network")
+    ensemble_interval_from: str = _f(
+        "global",
+        "where the ensemble interval is counted from: the global step, or the last learning-rate decay",
+        choices=ENSEMBLE_INTERVAL_FROM,
+    )
+    ensemble_final_update: bool = _f(False, "also update the ensemble at the end of the last epoch")
 
 
 @dataclasses.dataclass(frozen=True)

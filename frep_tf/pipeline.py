@@ -210,7 +210,12 @@ def make_callbacks(cfg: Config, model, splits, decay_steps, steps_per_epoch, wor
     if cfg.ensemble.ensemble:
         e = cfg.ensemble
         ensemble_cb = TemporalEnsemble(
-            decay=e.ensemble_decay, warmup=e.ensemble_warmup, interval=e.ensemble_interval, decay_steps=decay_steps
+            decay=e.ensemble_decay,
+            warmup=e.ensemble_warmup,
+            interval=e.ensemble_interval,
+            decay_steps=decay_steps,
+            count_from=e.ensemble_interval_from,
+            final_update=e.ensemble_final_update,
         )
         callbacks.append(ensemble_cb)
     p = cfg.prune

@@ -74,15 +74,16 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
     two_results = json.loads((workdir / "results.json").read_text())
     one_results = json.loads((single / "results.json").read_text())
     assert two_results["training"]["steps"] == one_results["training"]["steps"] == 2 * (1408 // 64)
-    # Same loss as one process with the same global batch, within 4 % per epoch: the data term and the
-    # gradients are identical, but BatchNorm normalises each worker's half batch with its own statistics
-    # (as PyTorch DDP without SyncBatchNorm) and each worker draws its own random start. Measured: 0.2 %
-    # and 1.5 % at batch 32 (the loss itself drops by > 10 % from epoch 1 to 2).
+    # Same loss as one process with the same global batch, within 2 % per epoch: the loss is the mean over
+    # the global batch and the gradients are summed over the workers as on one device, but BatchNorm
+    # normalises each worker's half batch with its own statistics (like PyTorch DDP without SyncBatchNorm)
+    # and each worker draws its own random start. Measured: epoch 2 0.8479 vs 0.8464 (0.2 %); at batch 32
+    # 0.2 % and 1.5 %.
     losses = {}
     for name, proc_out in (("two", outputs[0][0]), ("one", one.stdout.decode())):
         losses[name] = [
             float(line.split(" loss: ")[1].split()[0]) for line in proc_out.splitlines() if " loss: " in line
         ]
     assert len(losses["two"]) == len(losses["one"]) == 2
-    np.testing.assert_allclose(losses["two"], losses["one"], rtol=0.04)
-    assert losses["one"][1] < 0.9 * losses["one"][0]
+    np.testing.assert_allclose(losses["two"], losses["one"], rtol=0.02, err_msg=str(losses))
+    assert losses["one"][1] < losses["one"][0] and losses["two"][1] < losses["two"][0], losses

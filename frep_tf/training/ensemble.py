@@ -18,13 +18,42 @@ def interval_at(step: int, base: int, decay_steps: tuple[int, ...], growth: int 
     return base * growth ** sum(step >= b for b in decay_steps)
 
 
+def is_update_step(
+    step: int, base: int, decay_steps: tuple[int, ...], growth: int = 10, count_from: str = "global"
+) -> bool:
+    """Whether the ensemble is updated after optimizer step `step`.
+
+    "global": step % interval == 0 (the paper's text read literally; with the paper's schedule there is no
+    update in the last 15 epochs). "decay": the interval is counted from the last learning-rate decay.
+    """
+    if step <= 0:
+        return False
+    interval = interval_at(step, base, decay_steps, growth)
+    if count_from == "decay":
+        start = max([0] + [b for b in decay_steps if step >= b])
+        return (step - start) % interval == 0
+    return step % interval == 0
+
+
 def tau_at(updates: int, tau0: float, warmup: float) -> float:
     return min(tau0, updates / (updates + warmup)) if updates + warmup > 0 else tau0
 
 
 class TemporalEnsemble(keras.callbacks.Callback):
-    def __init__(self, *, decay: float, warmup: float, interval: int, decay_steps=(), growth: int = 10):
+    def __init__(
+        self,
+        *,
+        decay: float,
+        warmup: float,
+        interval: int,
+        decay_steps=(),
+        growth: int = 10,
+        count_from: str = "global",
+        final_update: bool = False,
+    ):
         super().__init__()
+        self.count_from = count_from
+        self.final_update = final_update
         self.decay = decay
         self.warmup = warmup
         self.interval = interval
@@ -49,8 +78,20 @@ class TemporalEnsemble(keras.callbacks.Callback):
         if self.model.ensemble is None:
             return
         step = int(self.model.optimizer.iterations.numpy())
-        if step % interval_at(step, self.interval, self.decay_steps, self.growth):
+        if not is_update_step(step, self.interval, self.decay_steps, self.growth, self.count_from):
             return
+        self._apply_update()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # The last epoch ends with an update (unless its last step was one): before the checkpoint, so a
+        # resumed run has it too.
+        if not self.final_update or self.model.ensemble is None or epoch != self.params.get("epochs", 0) - 1:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        if not is_update_step(step, self.interval, self.decay_steps, self.growth, self.count_from):
+            self._apply_update()
+
+    def _apply_update(self):
         updates = int(self.model.ensemble_updates.numpy())
         self._update(tf.constant(tau_at(updates, self.decay, self.warmup), tf.float32))
         self.model.ensemble_updates.assign_add(1)
