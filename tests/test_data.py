@@ -101,7 +101,15 @@ def test_bad_arguments_raise_one_line_naming_the_flag(kwargs, flag):
 
 
 def test_known_datasets_and_name_check():
-    assert data.KNOWN_DATASETS == ("digits", "synthetic", "cifar10", "cifar100", "svhn", "tiny_imagenet")
+    assert data.KNOWN_DATASETS == (
+        "digits",
+        "synthetic",
+        "fashion_mnist",
+        "cifar10",
+        "cifar100",
+        "svhn",
+        "tiny_imagenet",
+    )
     for name in (*data.KNOWN_DATASETS, "folder:/x", "npz:/x.npz"):
         data.check_dataset_name(name)
     with pytest.raises(data.DatasetError, match="allowed: digits, synthetic"):

@@ -84,7 +84,7 @@ def test_a_cell_failing_at_run_time_is_reported_and_the_others_still_run(tmp_pat
     path.write_text(
         f"--flagfile={QUICK.replace('experiments/digits_quick.cfg', 'quickstart.cfg')}\n"
         "--epochs=2\n--prune_epoch=1\n--val_pgd_steps=1\n--eval_attacks=clean\n--eval_samples=50\n"
-        "--export=keras\n--noeval_tflite\n--train_samples=400\naxis batch_size = 4000 | 32\n"
+        "--export=keras\n--noeval_tflite\n--train_samples=400\n--sparsity=0.9\naxis batch_size = 4000 | 32\n"
     )
     workdir = tmp_path / "grid"
     proc = _main("--mode=experiment", f"--experiment={path}", f"--workdir={workdir}")
