@@ -38,6 +38,22 @@ QUICK_RUN_FLAGS = (
     "--verbose=2",
 )
 
+# A tinier dense run (no pruning, 2 epochs, clean evaluation only) for the failure-injection and
+# multi-worker tests, which need a complete run, not its numbers. Add --verbose=... as needed.
+TINY_DENSE_RUN_FLAGS = (
+    "--dataset=digits",
+    "--arch=small_cnn",
+    "--width=0.25",
+    "--sparsity=0",
+    "--epochs=2",
+    "--epsilon=0.1",
+    "--batch_size=64",
+    "--val_pgd_steps=1",
+    "--val_samples=32",
+    "--eval_attacks=clean",
+    "--export=keras",
+)
+
 _reached: dict[str, int] = {}
 
 

@@ -9,22 +9,12 @@ import sys
 import keras
 import numpy as np
 
+from frep_tf.kill_points import TINY_DENSE_RUN_FLAGS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "main.py")
-RUN = [
-    "--dataset=digits",
-    "--arch=small_cnn",
-    "--width=0.25",
-    "--sparsity=0",
-    "--epochs=2",
-    "--epsilon=0.1",
-    "--batch_size=64",
-    "--val_pgd_steps=1",
-    "--val_samples=32",
-    "--eval_attacks=clean",
-    "--export=keras",
-    "--verbose=0",
-]
+# Global batch 64.
+RUN = [*TINY_DENSE_RUN_FLAGS, "--verbose=0"]
 
 # Runs main.py with one function of the pipeline replaced by one that fails as the real world does.
 DRIVER = """

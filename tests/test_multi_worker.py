@@ -9,21 +9,11 @@ import sys
 
 import numpy as np
 
+from frep_tf.kill_points import TINY_DENSE_RUN_FLAGS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = [
-    "--dataset=digits",
-    "--arch=small_cnn",
-    "--width=0.25",
-    "--sparsity=0",
-    "--epochs=2",
-    "--epsilon=0.1",
-    "--batch_size=64",  # global: 32 per worker
-    "--val_pgd_steps=1",
-    "--val_samples=32",
-    "--eval_attacks=clean",
-    "--export=keras",
-    "--verbose=2",
-]
+# Global batch 64 (32 per worker).
+FLAGS = [*TINY_DENSE_RUN_FLAGS, "--verbose=2"]
 
 
 def _free_ports(n):
