@@ -72,20 +72,38 @@ def write_config(cell_dir, p, s, seed):
         fh.write(cfg.to_json())
 
 
-def write_curves(log_dir, rng, curves=None, first=0):
+def write_curves(log_dir, rng, curves=None, first=0, new_process=False):
     """Per-epoch scalars as EpochMonitor writes them (tf.summary.scalar, i.e. tensor summaries), from
-    epoch `first` on, in a new event file (as a new process would)."""
+    epoch `first` on, in a new event file; with `new_process`, the file is named as another process's
+    (event files are named events.out.tfevents.<time>.<host>.<pid>.<n>.v2)."""
     import tensorflow as tf
 
     tags = ("val_pgd_acc", "val_ensemble_pgd_acc", "ensemble_delta")
     curves = curves or {tag: rng.uniform(0, 1, EPOCHS) for tag in tags}
+    before = set(os.listdir(log_dir)) if os.path.isdir(log_dir) else set()
     writer = tf.summary.create_file_writer(log_dir)
     with writer.as_default():
         for epoch in range(first, EPOCHS):
             for tag, values in curves.items():
                 tf.summary.scalar(tag, float(values[epoch]), step=epoch)
     writer.close()
+    if new_process:
+        (name,) = set(os.listdir(log_dir)) - before
+        parts = name.split(".")
+        parts[-3] = str(int(parts[-3]) + 1)  # the pid
+        os.rename(os.path.join(log_dir, name), os.path.join(log_dir, ".".join(parts)))
     return curves
+
+
+def write_pruning_log(log_dir):
+    """A second event file of the same process in tb/frep, as GlobalPruning writes one next to the
+    monitor's: not a resume."""
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(log_dir)
+    with writer.as_default():
+        tf.summary.scalar("kept_fraction/conv1", 0.5, step=3)
+    writer.close()
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +135,10 @@ def experiment(tmp_path_factory):
                     with open(os.path.join(cell_dir, "results.json"), "w") as fh:
                         json.dump(results[name], fh)
                     curves[name] = write_curves(os.path.join(cell_dir, "tb", "frep"), rng)
+                    write_pruning_log(os.path.join(cell_dir, "tb", "frep"))
                     if name == RESUMED:
-                        write_curves(os.path.join(cell_dir, "tb", "frep"), rng, curves[name], first=EPOCHS - 1)
+                        log_dir = os.path.join(cell_dir, "tb", "frep")
+                        write_curves(log_dir, rng, curves[name], first=EPOCHS - 1, new_process=True)
                     if name == STALE_FAILURE:  # an earlier attempt failed; results.json says it is done now
                         with open(os.path.join(cell_dir, "failed.json"), "w") as fh:
                             json.dump({"reason": "killed", "exit_status": 137}, fh)

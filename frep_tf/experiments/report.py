@@ -64,6 +64,17 @@ class ReportError(ValueError):
     """The workdir holds nothing a report can be made of, or a file the report needs is damaged."""
 
 
+def _writer_processes(names) -> set:
+    """(host, pid) of the processes that wrote these TensorBoard event files: one process writes
+    several files (one per summary writer), named events.out.tfevents.<time>.<host>.<pid>.<n>.v2."""
+    found = set()
+    for name in names:
+        if name.startswith("events.out.tfevents."):
+            parts = name.split(".")
+            found.add(tuple(parts[4:-2]) if len(parts) >= 8 else (name,))
+    return found
+
+
 @dataclasses.dataclass
 class Cell:
     name: str
@@ -694,7 +705,7 @@ def write_report(workdir: str) -> dict:
     for cell in finished:
         log_dir = os.path.join(cell.dir, "tb", "frep")
         if os.path.isdir(log_dir):
-            cell.resumed = sum(n.startswith("events.out.tfevents") for n in os.listdir(log_dir)) > 1
+            cell.resumed = len(_writer_processes(os.listdir(log_dir))) > 1
         try:
             scalars[cell.name] = read_scalars(log_dir)
         except ReportError as exc:
