@@ -86,7 +86,9 @@ class TrainConfig:
     pgd_step_size: float = _f(2 / 255, "step size of those multi-step attacks")
     trades_beta: float = _f(6.0, "TRADES / MART regularisation weight")
     attack_bn: str = _f(
-        "eval", "BatchNorm mode while the training perturbation is computed (README: measured)", choices=ATTACK_BN_MODES
+        "train",
+        "BatchNorm mode while the training perturbation is computed (train: as Algorithm 1; README: measured)",
+        choices=ATTACK_BN_MODES,
     )
     epochs: int = _f(100, "training epochs (paper: 100)")
     lr: float = _f(0.1, "initial learning rate, divided by 10 at 70 % and 85 % of training (paper)")
@@ -100,7 +102,9 @@ class EnsembleConfig:
     ensemble_decay: float = _f(0.99, "tau0, the largest EMA decay")
     ensemble_warmup: float = _f(10.0, "c in tau = min(tau0, i / (i + c)), i = ensemble updates so far")
     ensemble_interval: int = _f(100, "optimizer steps between ensemble updates; x10 at each lr decay (paper)")
-    ensemble_restart: bool = _f(True, "restart the ensemble warm-up when pruning (one-shot) changes the network")
+    ensemble_restart: bool = _f(
+        False, "restart the ensemble warm-up when pruning (one-shot) changes the network (off: as Algorithm 1)"
+    )
     ensemble_interval_from: str = _f(
         "global",
         "where the ensemble interval is counted from: the global step, or the last learning-rate decay",

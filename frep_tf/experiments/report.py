@@ -33,6 +33,7 @@ import json
 import os
 import struct
 import sys
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -535,7 +536,16 @@ def figure_robust_vs_sparsity(rows: list[Row], path: str, dataset: str) -> bool:
     for ax in axes:
         for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, h)
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 3))
+    # Labels of rows named after several axes are long: one column, wrapped to the figure's width.
+    long_labels = max(len(label) for label in handles) > 40
+    chars = max(30, int(fig.get_figwidth() * 10))
+    labels = (
+        [textwrap.fill(label, chars, break_long_words=False) for label in handles] if long_labels else list(handles)
+    )
+    ncols = 1 if long_labels else min(len(handles), 3)
+    if long_labels:  # room for the legend's lines, so the panels keep their height
+        fig.set_figheight(fig.get_figheight() + 0.2 * sum(label.count("\n") + 1 for label in labels))
+    fig.legend(list(handles.values()), labels, loc="outside lower center", ncols=ncols, fontsize="small")
     fig.suptitle(f"{dataset}: mean ± std over seeds (paper Fig. 8)")
     _save(fig, path)
     return True
@@ -597,7 +607,8 @@ def figure_weight_distribution(rows: list[Row], path: str, dataset: str) -> tupl
         first = members[0][0]
         title = _sparsity_label(first.sparsity, first.structured)
         title += "".join(f", {k}={v}" for k, v in first.others.items())
-        ax.set_title(f"target sparsity {title}")
+        title = textwrap.fill(f"target sparsity {title}", width=55, break_long_words=False)
+        ax.set_title(title, fontsize="medium" if "\n" not in title else "small")
         ax.set_xlabel("log10 |w| of non-zero kernel weights")
         ax.set_ylabel("% of non-zero weights per 0.1 decade")
         ax.grid(alpha=0.3)
@@ -661,7 +672,9 @@ def figure_ensemble_vs_network(rows: list[Row], scalars: dict[str, dict], path: 
                 "prune", (prune_epoch + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
                 textcoords="offset points", fontsize="small",
             )  # fmt: skip
-        top.set_title(f"{_row_label(row)} (n={n})", fontsize="medium")
+        # Rows named after several axes get long labels: wrap them so neighbouring titles do not collide.
+        title = textwrap.fill(f"{_row_label(row)} (n={n})", width=55, break_long_words=False)
+        top.set_title(title, fontsize="medium" if "\n" not in title else "small")
         top.set_ylabel("val. PGD accuracy (%)")
         top.grid(alpha=0.3)
         top.tick_params(labelbottom=False)

@@ -58,7 +58,7 @@ class RobustModel(keras.Model):
         pgd_steps: int = 10,
         pgd_step_size: float = 2 / 255,
         trades_beta: float = 6.0,
-        attack_bn: str = "eval",
+        attack_bn: str = "train",
         weight_decay: float = 0.0,
         ensemble: bool = True,
         seed: int = 0,
