@@ -18,7 +18,7 @@ from frep_tf.training.robust_model import RobustModel
 EPS, LAM, LR = 0.1, 4.0, 0.5
 
 
-def _tiny_frep_model():
+def _tiny_frep_model(attack_bn: str):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((5, 5, 1))
     h = ReparamConv2D(3, 3, 1, parameterization="hadamard", name="c")(inputs)
@@ -32,8 +32,8 @@ def _tiny_frep_model():
     bn.moving_variance.assign([2.0, 0.5, 1.5])
     bn.gamma.assign([1.2, 0.8, 1.0])
     bn.beta.assign([0.1, 0.0, -0.1])
-    # attack_bn="eval" is the default; weight decay and momentum off: the update is -lr * gradient.
-    model = RobustModel(net, objective="sre", epsilon=EPS, sre_lambda=LAM, ensemble=False, seed=3)
+    # Weight decay and momentum off: the update is -lr * gradient.
+    model = RobustModel(net, objective="sre", epsilon=EPS, sre_lambda=LAM, attack_bn=attack_bn, ensemble=False, seed=3)
     model.compile(optimizer=keras.optimizers.SGD(LR))
     return model
 
@@ -50,8 +50,9 @@ def _reference_forward(p, x, batch_stats: bool):
     return h @ (p["d_a"] * p["d_b"]) + p["d_bias"]
 
 
-def _reference_step(p, x, y, noise):
-    """Alg. 1 by hand: the adversarial example and the gradient of Eq. 16 w.r.t. every factor."""
+def _reference_step(p, x, y, noise, attack_bn: str):
+    """Alg. 1 by hand: the adversarial example and the gradient of Eq. 16 w.r.t. every factor; the
+    attack's BatchNorm uses the attacked batch's statistics (`train`) or the running ones (`eval`)."""
     probs = lambda logits: tf.exp(logits) / tf.reduce_sum(tf.exp(logits), -1, keepdims=True)  # noqa: E731
     onehot = tf.constant(np.eye(4, dtype=np.float32)[y])
     p_clean = probs(_reference_forward(p, x, batch_stats=True))
@@ -68,7 +69,7 @@ def _reference_step(p, x, y, noise):
     x0 = tf.clip_by_value(x + noise, 0.0, 1.0)
     with tf.GradientTape() as tape:
         tape.watch(x0)
-        p_adv0 = probs(_reference_forward(attack_p, x0, batch_stats=False))
+        p_adv0 = probs(_reference_forward(attack_p, x0, batch_stats=attack_bn == "train"))
         consistency = tf.reduce_sum(tf.square(p_adv0 - tf.stop_gradient(p_clean)))
     step = EPS * tf.sign(tape.gradient(consistency, x0))
     x_adv = tf.clip_by_value(tf.clip_by_value(x0 + step, x - EPS, x + EPS), 0.0, 1.0)
@@ -103,8 +104,9 @@ def _params(net):
     return out
 
 
-def test_one_frep_step_matches_a_hand_computed_reference():
-    model = _tiny_frep_model()
+@pytest.mark.parametrize("attack_bn", ["train", "eval"])
+def test_one_frep_step_matches_a_hand_computed_reference(attack_bn):
+    model = _tiny_frep_model(attack_bn)
     net = model.network
     rng = np.random.default_rng(0)
     x = tf.constant(rng.random((6, 5, 5, 1)).astype("float32"))
@@ -113,7 +115,7 @@ def test_one_frep_step_matches_a_hand_computed_reference():
     # U is the model's own draw: a generator in the same state draws the same numbers.
     noise = keras.random.uniform(x.shape, -EPS, EPS, seed=keras.random.SeedGenerator(3))
     assert np.abs(noise).max() <= EPS and np.abs(noise).max() > 0.9 * EPS
-    x0, x_adv, grads = _reference_step(before, x, y, noise)
+    x0, x_adv, grads = _reference_step(before, x, y, noise, attack_bn)
     assert 0.0 <= float(tf.reduce_min(x_adv)) and float(tf.reduce_max(x_adv)) <= 1.0
     assert float(tf.reduce_max(tf.abs(x_adv - x))) <= EPS + 1e-6
     # The signed step moves (nearly) every coordinate; the projection onto the eps-ball stops some short.
