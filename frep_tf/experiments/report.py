@@ -76,6 +76,13 @@ def _writer_processes(names) -> set:
     return found
 
 
+def _set_wrapped_title(ax, title: str, width: int = 55) -> None:
+    """A panel title, wrapped (and smaller) when long: rows named after several axes get long labels,
+    which would run into the neighbouring panels' titles."""
+    wrapped = textwrap.fill(title, width=width, break_long_words=False)
+    ax.set_title(wrapped, fontsize="medium" if "\n" not in wrapped else "small")
+
+
 @dataclasses.dataclass
 class Cell:
     name: str
@@ -607,8 +614,7 @@ def figure_weight_distribution(rows: list[Row], path: str, dataset: str) -> tupl
         first = members[0][0]
         title = _sparsity_label(first.sparsity, first.structured)
         title += "".join(f", {k}={v}" for k, v in first.others.items())
-        title = textwrap.fill(f"target sparsity {title}", width=55, break_long_words=False)
-        ax.set_title(title, fontsize="medium" if "\n" not in title else "small")
+        _set_wrapped_title(ax, f"target sparsity {title}")
         ax.set_xlabel("log10 |w| of non-zero kernel weights")
         ax.set_ylabel("% of non-zero weights per 0.1 decade")
         ax.grid(alpha=0.3)
@@ -672,9 +678,7 @@ def figure_ensemble_vs_network(rows: list[Row], scalars: dict[str, dict], path: 
                 "prune", (prune_epoch + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
                 textcoords="offset points", fontsize="small",
             )  # fmt: skip
-        # Rows named after several axes get long labels: wrap them so neighbouring titles do not collide.
-        title = textwrap.fill(f"{_row_label(row)} (n={n})", width=55, break_long_words=False)
-        top.set_title(title, fontsize="medium" if "\n" not in title else "small")
+        _set_wrapped_title(top, f"{_row_label(row)} (n={n})")
         top.set_ylabel("val. PGD accuracy (%)")
         top.grid(alpha=0.3)
         top.tick_params(labelbottom=False)
