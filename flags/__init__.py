@@ -10,10 +10,10 @@ import dataclasses
 
 from absl import flags as absl_flags
 
-from flags import attack, data, model, prune, run, train
-from frep_tf.config import SECTIONS, Config
+from flags import attack, data, method, model, prune, run, train
+from frep_tf.config import BASELINE_DEFAULTS, BASELINES, SECTIONS, Config
 
-GROUPS = (data, model, train, prune, attack, run)
+GROUPS = (data, model, train, prune, method, attack, run)
 
 
 def define_module():
@@ -33,4 +33,11 @@ def config_flag_names() -> list[str]:
 
 
 def config_from_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> Config:
-    return Config.from_flat({name: flag_values[name].value for name in config_flag_names()})
+    """The Config of the command line. A baseline method (lwm, admm, hydra, mad) trains plain layers
+    with PGD and no temporal ensemble unless those flags are given (config.BASELINE_DEFAULTS)."""
+    values = {name: flag_values[name].value for name in config_flag_names()}
+    if values["method"] in BASELINES:
+        for name, value in BASELINE_DEFAULTS.items():
+            if not flag_values[name].present:
+                values[name] = value
+    return Config.from_flat(values)

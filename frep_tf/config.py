@@ -33,6 +33,13 @@ TABLE_I_COLUMNS = (
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 ENSEMBLE_INTERVAL_FROM = ("global", "decay")
 MODES = ("train", "evaluate", "predict", "experiment", "report")
+# frep: the paper's method (and Ori with --parameterization=plain); the baselines of Tables I/II/V;
+# posthoc: the Fig. 8 ablation (train to the end, prune once, no fine-tuning).
+METHODS = ("frep", "lwm", "admm", "hydra", "mad", "posthoc")
+SINGLE_STAGE_METHODS = ("frep", "lwm", "posthoc")
+# What a baseline trains with unless its flag is given (README "Methods"): plain layers, PGD-10, no ensemble.
+BASELINE_DEFAULTS = {"parameterization": "plain", "objective": "pgd", "ensemble": False}
+BASELINES = ("lwm", "admm", "hydra", "mad")
 
 
 class ConfigError(ValueError):
@@ -128,6 +135,35 @@ class PruneConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    method: str = _f(
+        "frep",
+        "frep (this paper; Ori with --parameterization=plain) | lwm | admm | hydra | mad (baselines) | posthoc "
+        "(prune once after training, no fine-tuning)",
+        choices=METHODS,
+    )
+    pretrain_epochs: int = _f(100, "admm / hydra / mad: dense adversarial pre-training epochs (paper Table V)")
+    admm_epochs: int = _f(100, "admm: epochs of the ADMM stage (Table V: 100 + 100 + 100)")
+    admm_interval: int = _f(10, "admm: epochs between ADMM updates (rho *= 1.3, Z = proj(W + U), U += W - Z)")
+    admm_rho: float = _f(1e-3, "admm: initial penalty rho of every layer")
+    score_epochs: int = _f(20, "hydra: score-learning epochs (Table V: 100 + 20 + 100)")
+    finetune_epochs: int = _f(
+        0, "admm / hydra / mad: masked fine-tuning epochs; 0 = the method's own (admm 100, hydra 100, mad 139)"
+    )
+    finetune_lr: float = _f(0.01, "admm / hydra / mad: learning rate of the ADMM, retraining and fine-tuning stages, cosine")
+    mad_mask_steps: int = _f(20, "mad: Adam steps on the soft mask per saliency batch (the original's 20)")
+    mad_mask_lr: float = _f(0.1, "mad: Adam learning rate of the soft mask (the original's 0.1)")
+    mad_batches: int = _f(0, "mad: training batches of the saliency pass; 0 = one epoch")
+    mad_beta: float = _f(0.5, "mad: MART weight of the fine-tuning loss")
+    epoch_scale: float = _f(
+        1.0, "multiply every stage's epochs and --prune_epoch by this (rounded, at least 1): shrinks all methods alike"
+    )
+    sparse_init: bool = _f(
+        False, "Sparse-Init (Table VI): plain kernels initialised as the product of two independent draws"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
     eval_attacks: str = _f("clean,fgsm,pgd", "comma-separated attacks for the final evaluation")
     eval_pgd_steps: int = _f(50, "PGD and MIM steps of the final evaluation (paper: 50)")
@@ -181,6 +217,7 @@ SECTIONS = {
     "train": TrainConfig,
     "ensemble": EnsembleConfig,
     "prune": PruneConfig,
+    "method": MethodConfig,
     "eval": EvalConfig,
     "run": RunConfig,
 }
@@ -193,6 +230,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     prune: PruneConfig = PruneConfig()
+    method: MethodConfig = MethodConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
 
@@ -218,6 +256,22 @@ class Config:
         return {k: v for section in self.to_dict().values() for k, v in section.items()}
 
     @property
+    def epochs(self) -> int:
+        """Training epochs of a single-stage method (frep, lwm, posthoc): --epochs times --epoch_scale."""
+        return scaled_epochs(self.train.epochs, self.method.epoch_scale)
+
+    @property
+    def prune_epoch(self) -> int:
+        return scaled_epochs(self.prune.prune_epoch, self.method.epoch_scale)
+
+    @property
+    def prune_end_epoch(self) -> int:
+        """Gradual schedule: the epoch where the target sparsity is reached (0 = halfway to the end)."""
+        if self.prune.prune_end_epoch:
+            return scaled_epochs(self.prune.prune_end_epoch, self.method.epoch_scale)
+        return (self.prune_epoch + self.epochs) // 2
+
+    @property
     def step_size(self) -> float:
         return self.train.step_size or self.train.epsilon
 
@@ -228,6 +282,13 @@ class Config:
     @property
     def attacks(self) -> tuple[str, ...]:
         return _csv(self.eval.eval_attacks)
+
+
+def scaled_epochs(epochs: int, scale: float, minimum: int = 1) -> int:
+    """round(epochs * scale), at least `minimum` (a stage of 0 epochs stays skipped)."""
+    if epochs <= 0:
+        return 0
+    return max(minimum, int(round(epochs * scale)))
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -296,13 +357,15 @@ def validate(cfg: Config) -> Config:
         raise _bad("ensemble_interval", e.ensemble_interval, "must be a positive integer")
     if not 0 <= p.sparsity < 1:
         raise _bad("sparsity", p.sparsity, "must lie in [0, 1) (0.99 removes 99 % of the weights)")
-    if p.sparsity > 0:
-        if not 0 <= p.prune_epoch < t.epochs:
-            raise _bad("prune_epoch", p.prune_epoch, f"must lie in [0, --epochs={t.epochs})")
+    _validate_method(cfg)
+    scale_note = f" (after --epoch_scale={cfg.method.epoch_scale:g})" if cfg.method.epoch_scale != 1 else ""
+    if p.sparsity > 0 and cfg.method.method in ("frep", "lwm"):
+        if p.prune_epoch < 0 or not cfg.prune_epoch < cfg.epochs:
+            raise _bad("prune_epoch", p.prune_epoch, f"must lie in [0, --epochs={cfg.epochs}){scale_note}")
         if p.prune_schedule == "gradual":
-            end = p.prune_end_epoch or (p.prune_epoch + t.epochs) // 2
-            if not p.prune_epoch < end <= t.epochs:
-                raise _bad("prune_end_epoch", p.prune_end_epoch, f"must lie in ({p.prune_epoch}, {t.epochs}]")
+            end = cfg.prune_end_epoch
+            if not cfg.prune_epoch < end <= cfg.epochs:
+                raise _bad("prune_end_epoch", p.prune_end_epoch, f"must lie in ({cfg.prune_epoch}, {cfg.epochs}]{scale_note}")
         elif p.prune_end_epoch:
             raise _bad("prune_end_epoch", p.prune_end_epoch, "only with --prune_schedule=gradual (oneshot prunes once)")
     if not 0 <= p.min_layer_density <= 1 - p.sparsity:
@@ -396,6 +459,38 @@ def validate(cfg: Config) -> Config:
     if r.seed < 0:
         raise _bad("seed", r.seed, "must be >= 0")
     return cfg
+
+
+def _validate_method(cfg: Config) -> None:
+    m, p = cfg.method, cfg.prune
+    method = m.method
+    if not m.epoch_scale > 0:
+        raise _bad("epoch_scale", m.epoch_scale, "must be > 0 (0.1 runs a tenth of every stage's epochs)")
+    for flag in ("pretrain_epochs", "admm_epochs", "score_epochs", "finetune_epochs", "mad_batches"):
+        if getattr(m, flag) < 0:
+            raise _bad(flag, getattr(m, flag), "must be >= 0")
+    for flag in ("admm_interval", "mad_mask_steps"):
+        if getattr(m, flag) < 1:
+            raise _bad(flag, getattr(m, flag), "must be a positive integer")
+    for flag in ("admm_rho", "finetune_lr", "mad_mask_lr"):
+        if not getattr(m, flag) > 0:
+            raise _bad(flag, getattr(m, flag), "must be > 0")
+    if m.mad_beta < 0:
+        raise _bad("mad_beta", m.mad_beta, "must be >= 0")
+    if method != "frep" and p.sparsity == 0:
+        raise _bad("sparsity", p.sparsity, f"--method={method} prunes: give --sparsity in (0, 1)")
+    if method not in ("frep", "posthoc") and p.structured:
+        raise _bad("structured", True, f"--method={method} prunes single weights; structured pruning is FReP-CH (--method=frep)")
+    if method not in ("frep", "posthoc") and cfg.model.parameterization == "channel":
+        raise _bad("parameterization", "channel", f"--method={method} masks single weights: use plain or hadamard")
+    if method in ("admm", "hydra", "mad") and p.prune_schedule != "oneshot":
+        raise _bad("prune_schedule", p.prune_schedule, f"--method={method} has its own pruning stages (oneshot only)")
+    if method == "admm" and m.admm_epochs == 0:
+        raise _bad("admm_epochs", 0, "--method=admm needs an ADMM stage of at least one epoch")
+    if method == "hydra" and m.score_epochs == 0:
+        raise _bad("score_epochs", 0, "--method=hydra needs a score-learning stage of at least one epoch")
+    if m.sparse_init and cfg.model.parameterization != "plain":
+        raise _bad("sparse_init", True, "re-initialises plain kernels: use it with --parameterization=plain")
 
 
 def _check_workdir(workdir: str) -> None:

@@ -28,7 +28,7 @@ from frep_tf import kill_points, resume
 from frep_tf.config import TABLE_I_COLUMNS, Config, ConfigError, validate
 from frep_tf.io_utils import fsync_dir, remove, write_json_atomic
 
-RESULTS_SCHEMA_VERSION = 2  # 2: evaluation_tflite per exported TFLite file; compact; int8_calibration
+RESULTS_SCHEMA_VERSION = 2  # 2: evaluation_tflite per exported TFLite file; compact; int8_calibration (+ method)
 INT8_CALIBRATION_IMAGES = 256  # training images the int8 exports are calibrated on
 
 
@@ -130,9 +130,10 @@ def _arrays(dataset, limit: int = 0):
     return (x[:limit], y[:limit]) if limit else (x, y)
 
 
-def build_robust_model(cfg: Config, info, steps_per_epoch: int):
-    import keras
-
+def build_robust_model(cfg: Config, info):
+    """The network in its RobustModel, with the method's own state attached (not compiled: every
+    stage compiles it with its own optimizer, frep_tf.methods.stages)."""
+    from frep_tf.methods import stages as stages_lib
     from frep_tf.models import build_model
     from frep_tf.training.robust_model import RobustModel
 
@@ -152,7 +153,14 @@ def build_robust_model(cfg: Config, info, steps_per_epoch: int):
             f"--arch={m.arch}: cannot be built for the {shape} images of {info.name} ({_keras_reason(exc)}); "
             "choose an architecture for smaller images (small_cnn) or resize them (--image_size)"
         ) from exc
-    model = RobustModel(
+    if cfg.method.sparse_init:
+        from frep_tf.layers.reparam import reparam_layers
+        from frep_tf.methods import sparse_init
+
+        sparse_init.apply(reparam_layers(network), seed=cfg.run.seed)
+    from frep_tf.layers.reparam import reparam_layers
+
+    return RobustModel(
         network,
         objective=t.objective,
         epsilon=t.epsilon,
@@ -165,17 +173,8 @@ def build_robust_model(cfg: Config, info, steps_per_epoch: int):
         weight_decay=t.weight_decay,
         ensemble=cfg.ensemble.ensemble,
         seed=cfg.run.seed,
+        **stages_lib.method_state(cfg, reparam_layers(network)),
     )
-    decay_steps = lr_decay_steps(t.epochs, steps_per_epoch)
-    # PiecewiseConstantDecay keeps a value up to and including its boundary, and the step taken when
-    # `iterations` == decay_steps[0] is the first one of the decay epoch: it must already use lr / 10.
-    boundaries = [b - 1 for b in decay_steps]
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, [t.lr, t.lr / 10, t.lr / 100])
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=schedule, momentum=t.momentum),
-        jit_compile=cfg.run.jit_compile,
-    )
-    return model, decay_steps
 
 
 def _keras_reason(exc: Exception, limit: int = 160) -> str:
@@ -189,86 +188,6 @@ def _keras_reason(exc: Exception, limit: int = 160) -> str:
     text = " ".join(text.split())
     text = text if len(text) <= limit else text[: limit - 3] + "..."
     return f"{layer.group(1)}: {text}" if layer else text
-
-
-def lr_decay_steps(epochs: int, steps_per_epoch: int) -> tuple[int, int]:
-    """The learning rate is divided by 10 at 70 % and 85 % of the epochs (paper: epochs 70 and 85)."""
-    return (round(0.7 * epochs) * steps_per_epoch, round(0.85 * epochs) * steps_per_epoch)
-
-
-def make_callbacks(cfg: Config, model, splits, decay_steps, steps_per_epoch, workdir):
-    import keras
-
-    from frep_tf.training.checkpoint import EpochCheckpoint
-    from frep_tf.training.ensemble import TemporalEnsemble
-    from frep_tf.training.guards import StopOnNonFiniteLoss
-    from frep_tf.training.monitor import EpochMonitor
-    from frep_tf.training.pruning import GlobalPruning, make_schedule
-
-    callbacks = [StopOnNonFiniteLoss()]
-    ensemble_cb = None
-    if cfg.ensemble.ensemble:
-        e = cfg.ensemble
-        ensemble_cb = TemporalEnsemble(
-            decay=e.ensemble_decay,
-            warmup=e.ensemble_warmup,
-            interval=e.ensemble_interval,
-            decay_steps=decay_steps,
-            count_from=e.ensemble_interval_from,
-            final_update=e.ensemble_final_update,
-        )
-        callbacks.append(ensemble_cb)
-    p = cfg.prune
-    if p.sparsity > 0:
-        begin = p.prune_epoch * steps_per_epoch
-        end_epoch = p.prune_end_epoch or (p.prune_epoch + cfg.train.epochs) // 2
-        schedule = make_schedule(p.prune_schedule, p.sparsity, begin, end_epoch * steps_per_epoch, steps_per_epoch)
-        restart = cfg.ensemble.ensemble_restart and p.prune_schedule == "oneshot"
-        callbacks.append(
-            GlobalPruning(
-                schedule,
-                structured=p.structured,
-                restart_ensemble=restart,
-                min_layer_density=p.min_layer_density,
-                log_dir=os.path.join(workdir, "tb", "frep"),
-            )
-        )
-        if kill_points.enabled():
-            callbacks.append(_after_prune_kill_point())
-    x_val, y_val = _arrays(splits.val, cfg.eval.val_samples)
-    tb_dir = os.path.join(workdir, "tb")
-    callbacks.append(
-        EpochMonitor(
-            x_val,
-            y_val,
-            epsilon=cfg.train.epsilon,
-            pgd_steps=cfg.eval.val_pgd_steps,
-            log_dir=os.path.join(tb_dir, "frep"),
-            ensemble_callback=ensemble_cb,
-            batch_size=cfg.data.eval_batch_size,
-            seed=cfg.run.seed,
-        )
-    )
-    callbacks.append(keras.callbacks.TensorBoard(log_dir=tb_dir, update_freq="epoch", write_graph=False))
-    # Last: it stores the epoch once every other callback is done with it.
-    callbacks.append(EpochCheckpoint(os.path.join(workdir, resume.CHECKPOINT_DIR)))
-    return callbacks
-
-
-def _after_prune_kill_point():
-    """Test hook (frep_tf.kill_points): the kill point right after the one-shot prune."""
-    import keras
-
-    class AfterPrune(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self._pruned = bool(self.model.pruned.numpy())
-
-        def on_train_batch_begin(self, batch, logs=None):  # runs after GlobalPruning's
-            if not self._pruned and bool(self.model.pruned.numpy()):
-                self._pruned = True
-                kill_points.kill_point("pruned")
-
-    return AfterPrune()
 
 
 def _verbose(cfg: Config) -> int:
@@ -400,10 +319,25 @@ def _restore(model, workdir: str):
         ) from None
 
 
+def _checkpoint_epoch(workdir: str) -> int:
+    """Epochs done by the newest checkpoint (0 if none; a damaged one is reported by `_restore`)."""
+    from frep_tf.training import checkpoint
+
+    path = checkpoint.latest(os.path.join(workdir, resume.CHECKPOINT_DIR))
+    if path is None:
+        return 0
+    try:
+        return int(checkpoint.read_state(path)["epoch"])
+    except checkpoint.CheckpointError:
+        return 0
+
+
 def run_train(cfg: Config) -> dict:
     from frep_tf import export as export_lib
     from frep_tf.fuse import fuse
     from frep_tf.model_io import load_classifier
+    from frep_tf.methods import stages as stages_lib
+    from frep_tf.training import checkpoint
     from frep_tf.training.checkpoint import EpochCheckpoint
     from frep_tf.training.guards import NonFiniteLossError
     from frep_tf.training.pruning import PruningError, kernel_sparsity, layer_densities
@@ -429,49 +363,73 @@ def run_train(cfg: Config) -> dict:
                 f"--batch_size={cfg.data.batch_size}: larger than the {info.num_train} training examples of "
                 f"{info.name}; use a smaller batch"
             )
+    plan = stages_lib.plan(cfg)
+    total_epochs = stages_lib.total_epochs(plan)
     with stages("build"), strategy.scope():
-        model, decay_steps = build_robust_model(cfg, info, steps_per_epoch)
-        # Built now rather than at the first step, so a checkpoint can fill its variables (and so
-        # fresh and resumed runs take the same path).
-        model.optimizer.build(model.trainable_variables)
+        model = build_robust_model(cfg, info)
+        # The checkpoint's epoch says which stage wrote it: that stage's trainable variables and
+        # optimizer are set up before it is restored (frep_tf.methods.stages).
+        current = 0 if cfg.run.overwrite else stages_lib.locate(plan, _checkpoint_epoch(workdir))
+        stages_lib.configure(plan[current], model)
+        decay_steps = stages_lib.compile_stage(plan[current], model, steps_per_epoch, cfg)
         restored = None if cfg.run.overwrite else _restore(model, workdir)
-        callbacks = make_callbacks(cfg, model, splits, decay_steps, steps_per_epoch, out_dir)
     # Every check has passed: from here on the workdir is written.
     if chief:
         resume.prepare(cfg)
-    initial_epoch = restored.epoch if restored else 0
+    epoch = restored.epoch if restored else 0
     last_logs = restored.logs if restored else {}
+    clock = stages_lib.StageClock((restored.extra.get("stages") if restored else None) or {})
     with stages("train"):
         if restored:
             print(
                 f"[frep_tf] resuming from {os.path.relpath(restored.path, workdir)}: "
-                f"{initial_epoch} of {cfg.train.epochs} epochs done",
+                f"{epoch} of {total_epochs} epochs done ({plan[current].name} stage)",
                 flush=True,
             )
-        if initial_epoch < cfg.train.epochs:
-            try:
+        try:
+            for index in range(current, len(plan)):
+                stage = plan[index]
+                if epoch >= stage.end:
+                    continue
+                with strategy.scope():
+                    if index != current:
+                        stages_lib.configure(stage, model)
+                        decay_steps = stages_lib.compile_stage(stage, model, steps_per_epoch, cfg)
+                        current = index
+                    if epoch == stage.start:
+                        stages_lib.begin(stage, model, cfg)
+                    if len(plan) > 1:
+                        print(f"[frep_tf] stage {stage.name}: epochs {epoch + 1}-{stage.end} of {total_epochs}", flush=True)
+                    clock.start(stage.name)
+                    if stage.kind == "saliency":
+                        stages_lib.saliency_pass(stage, model, splits, steps_per_epoch, cfg, _verbose(cfg))
+                        clock.lap()
+                        saved = checkpoint.save(model, os.path.join(out_dir, resume.CHECKPOINT_DIR), stage.end, {}, {"stages": clock.snapshot()})
+                        checkpoint.prune_others(os.path.join(out_dir, resume.CHECKPOINT_DIR), keep=saved)
+                        epoch = stage.end
+                        continue
+                    callbacks = stages_lib.make_callbacks(
+                        cfg, model, stage, plan, splits, decay_steps, out_dir, clock, steps_per_epoch
+                    )
                 model.fit(
-                    splits.train_from(initial_epoch),
-                    epochs=cfg.train.epochs,
-                    initial_epoch=initial_epoch,
+                    splits.train_from(epoch),
+                    epochs=stage.end,
+                    initial_epoch=epoch,
                     steps_per_epoch=steps_per_epoch,
                     validation_data=splits.val,
                     callbacks=callbacks,
                     shuffle=False,  # the data pipeline shuffles, as a function of (seed, epoch)
                     verbose=_verbose(cfg),
                 )
-            except (NonFiniteLossError, PruningError) as exc:
-                from frep_tf.training import checkpoint
-
-                kept = checkpoint.latest(checkpoint_dir)
-                where = (
-                    f"the last good checkpoint, {kept}, is kept"
-                    if kept
-                    else "no epoch had finished, so there is no checkpoint"
-                )
-                hint = "Try a lower --lr" if isinstance(exc, NonFiniteLossError) else "Run again"
-                raise type(exc)(f"{exc}; {where}. {hint} (with --overwrite or another --workdir)") from None
-            last_logs = next(cb for cb in callbacks if isinstance(cb, EpochCheckpoint)).last_logs
+                epoch = stage.end
+                last_logs = next(cb for cb in callbacks if isinstance(cb, EpochCheckpoint)).last_logs
+        except (NonFiniteLossError, PruningError) as exc:
+            kept = checkpoint.latest(checkpoint_dir)
+            where = (
+                f"the last good checkpoint, {kept}, is kept" if kept else "no epoch had finished, so there is no checkpoint"
+            )
+            hint = "Try a lower --lr" if isinstance(exc, NonFiniteLossError) else "Run again"
+            raise type(exc)(f"{exc}; {where}. {hint} (with --overwrite or another --workdir)") from None
     if not chief:
         remove(out_dir)
         resolver = strategy.cluster_resolver
@@ -480,8 +438,15 @@ def run_train(cfg: Config) -> dict:
             f"and writes {workdir}",
             flush=True,
         )
-        return {"training": {"epochs": cfg.train.epochs, "final_epoch": last_logs}}
+        return {"training": {"epochs": total_epochs, "final_epoch": last_logs}}
     final = model.ensemble if model.ensemble is not None else fuse(model.network)
+    if cfg.method.method == "posthoc":
+        with stages("prune"):  # paper Fig. 8: once, after the last epoch, no fine-tuning
+            masks = stages_lib.posthoc_prune(final, cfg.prune.sparsity, cfg.prune.min_layer_density)
+    else:
+        masks = layer_densities(
+            [layer.name for layer in model.reparam], [np.asarray(layer.mask) for layer in model.reparam]
+        )
     x_test, y_test = _arrays(splits.test)
     export_dir = os.path.join(workdir, resume.EXPORT_DIR)
     records, compact_report, representative = [], {}, None
@@ -531,11 +496,7 @@ def run_train(cfg: Config) -> dict:
         "sparsity": {"kernels": sparsity["kernels"], "all_parameters": sparsity["all_parameters"]},
         "weight_histogram": weight_histogram(final),  # paper Fig. 7, for reports
         # What each prunable layer keeps of its weights (its mask; the training network's layer names).
-        "pruning": {
-            "layers": layer_densities(
-                [layer.name for layer in model.reparam], [np.asarray(layer.mask) for layer in model.reparam]
-            )
-        },
+        "pruning": {"layers": masks},
         "evaluation": evaluation,
         "evaluation_tflite": tflite_evaluation,
         "exports": [
@@ -553,9 +514,10 @@ def run_train(cfg: Config) -> dict:
             None if representative is None else {"split": "train", "images": int(len(representative))}
         ),
         "compact": _compact_summary(compact_report, records) if compact_report else None,
+        "method": _method_summary(cfg, plan, clock, steps_per_epoch),
         "training": {
-            "epochs": cfg.train.epochs,
-            "steps": int(model.optimizer.iterations.numpy()),
+            "epochs": total_epochs,
+            "steps": sum(st.epochs * steps_per_epoch for st in plan if st.kind == "fit"),
             "steps_per_epoch": steps_per_epoch,
             "ensemble_updates": int(model.ensemble_updates.numpy()),
             # The last epoch's logs, as its checkpoint recorded them: the same whether that epoch
@@ -570,6 +532,36 @@ def run_train(cfg: Config) -> dict:
     remove(checkpoint_dir)
     print(summary_table(results))
     return results
+
+
+def _method_summary(cfg: Config, plan, clock, steps_per_epoch: int) -> dict:
+    """results.json `method`: the stages that ran, each with its epochs, wall time and peak memory."""
+    record = clock.snapshot()
+    rows = []
+    for st in plan:
+        r = record.get(st.name, {})
+        rows.append(
+            {
+                "name": st.name,
+                "first_epoch": st.start,
+                "epochs": st.epochs,
+                "kind": st.kind,
+                "objective": st.objective,
+                "lr": st.lr,
+                "lr_schedule": st.schedule if st.kind == "fit" else None,
+                "seconds": r.get("seconds"),
+                "peak_rss_mb": r.get("peak_rss_mb"),
+            }
+        )
+    seconds = [r["seconds"] for r in rows if r["seconds"] is not None]
+    peaks = [r["peak_rss_mb"] for r in rows if r["peak_rss_mb"] is not None]
+    return {
+        "name": cfg.method.method,
+        "epoch_scale": cfg.method.epoch_scale,
+        "stages": rows,
+        "seconds": round(sum(seconds), 3) if seconds else None,
+        "peak_rss_mb": max(peaks) if peaks else None,
+    }
 
 
 def _compact_summary(report: dict, records) -> dict:

@@ -152,13 +152,14 @@ def rho_at_epoch(rho0: float, epoch: int, admm_epoch: int, rho_factor: float = 1
 class ADMMUpdates(keras.callbacks.Callback):
     """Drives `ADMMState.catch_up` from fit; keeps no state of its own (it is all in the variables)."""
 
-    def __init__(self, state: ADMMState, layers):
+    def __init__(self, state: ADMMState, layers, first_epoch: int = 0):
         super().__init__()
         self.state = state
         self.layers = list(layers)
+        self.first_epoch = first_epoch  # the stage's first epoch in fit's (global) numbering
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.state.catch_up(epoch, lambda: masks_lib.kernels(self.layers))
+        self.state.catch_up(epoch - self.first_epoch, lambda: masks_lib.kernels(self.layers))
 
 
 def hard_prune(layers, sparsity: float) -> list:

@@ -247,9 +247,12 @@ class SaliencyAverage(keras.layers.Layer):
 
 
 # -- pruning ------------------------------------------------------------------------------------------
-def saliency_masks(saliencies, sparsity: float) -> list[np.ndarray]:
+def saliency_masks(saliencies, sparsity: float, min_density: float = 0.0) -> list[np.ndarray]:
     """Keep the highest saliencies: globally over all layers but the last (exact count), and per output
-    unit (kernel column) in the last layer, as the original's `_global_remove_weight`."""
+    unit (kernel column) in the last layer, as the original's `_global_remove_weight`.
+
+    `min_density` (--min_layer_density) first reserves the top ceil(min_density * size) entries of every
+    body layer, taken from the global budget (as FReP's global ranking does), then ranks the rest."""
     masks_lib.check_sparsity(sparsity)
     saliencies = [np.asarray(s, np.float64) for s in saliencies]
     body, head = saliencies[:-1], saliencies[-1]
@@ -258,8 +261,17 @@ def saliency_masks(saliencies, sparsity: float) -> list[np.ndarray]:
         flat = np.concatenate([s.ravel() for s in body])
         keep = masks_lib.keep_count(flat.size, sparsity, minimum=0)
         mask = np.zeros(flat.size, np.float32)
-        if keep:
-            mask[np.argsort(-flat, kind="stable")[:keep]] = 1.0
+        if min_density > 0:
+            start = 0
+            for s in body:
+                reserved = min(s.size, int(np.ceil(min_density * s.size)))
+                top = np.argsort(-s.ravel(), kind="stable")[:reserved]
+                mask[start + top] = 1.0
+                start += s.size
+        rest = keep - int(mask.sum())
+        if rest > 0:
+            order = np.argsort(-flat, kind="stable")
+            mask[order[mask[order] == 0][:rest]] = 1.0
         start = 0
         for s in body:
             found.append(mask[start : start + s.size].reshape(s.shape))

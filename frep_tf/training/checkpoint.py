@@ -54,6 +54,7 @@ class Restored:
     path: str
     epoch: int  # epochs completed
     logs: dict[str, float]  # the logs of that last epoch (what History recorded)
+    extra: dict = dataclasses.field(default_factory=dict)  # the pipeline's own record (stage clock)
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -81,7 +82,7 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def save(model, directory: str, epoch: int, logs: dict | None = None) -> str:
+def save(model, directory: str, epoch: int, logs: dict | None = None, extra: dict | None = None) -> str:
     """Write checkpoint `epoch` (epochs completed) into `directory`; returns its path."""
     os.makedirs(directory, exist_ok=True)
     variables = tracked_variables(model)
@@ -98,6 +99,7 @@ def save(model, directory: str, epoch: int, logs: dict | None = None) -> str:
             "logs": _scalars(logs or {}),
             "variables": _describe(model),
             "sha256": _sha256(npz),
+            "extra": extra or {},
         }
         with open(os.path.join(work, STATE_FILE), "w") as fh:
             json.dump(state, fh, indent=1)
@@ -195,7 +197,8 @@ def restore(model, path: str) -> Restored:
     for variable, value in zip(variables, values, strict=True):
         variable.assign(value)
     logs = {k: float(v) for k, v in state.get("logs", {}).items() if isinstance(v, (int, float))}
-    return Restored(path=path, epoch=int(state["epoch"]), logs=logs)
+    extra = state.get("extra") if isinstance(state.get("extra"), dict) else {}
+    return Restored(path=path, epoch=int(state["epoch"]), logs=logs, extra=extra)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -206,12 +209,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
     say), so the checkpoint is the whole epoch and never a diverged one.
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, extra=None):
         super().__init__()
         self.directory = directory
+        self.extra = extra  # a function returning a JSON-able dict stored with each checkpoint
         self.last_logs: dict[str, float] = {}
 
     def on_epoch_end(self, epoch, logs=None):
-        path = save(self.model, self.directory, epoch + 1, logs)
+        path = save(self.model, self.directory, epoch + 1, logs, self.extra() if self.extra else None)
         prune_others(self.directory, keep=path)
         self.last_logs = _scalars(logs or {})
