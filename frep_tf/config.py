@@ -144,7 +144,7 @@ class MethodConfig:
     )
     pretrain_epochs: int = _f(100, "admm / hydra / mad: dense adversarial pre-training epochs (paper Table V)")
     admm_epochs: int = _f(100, "admm: epochs of the ADMM stage (Table V: 100 + 100 + 100)")
-    admm_interval: int = _f(10, "admm: epochs between ADMM updates (rho *= 1.3, Z = proj(W + U), U += W - Z)")
+    admm_interval: int = _f(10, "admm: epochs between ADMM updates (rho *= 1.3, Z = proj(W + U), U += W - Z); scaled by --epoch_scale")
     admm_rho: float = _f(1e-3, "admm: initial penalty rho of every layer")
     score_epochs: int = _f(20, "hydra: score-learning epochs (Table V: 100 + 20 + 100)")
     finetune_epochs: int = _f(

@@ -177,6 +177,16 @@ def build_robust_model(cfg: Config, info):
     )
 
 
+def build_and_compile(cfg: Config, info, steps_per_epoch: int):
+    """The model ready for its method's first stage (optimizer built): (model, lr decay steps)."""
+    from frep_tf.methods import stages as stages_lib
+
+    model = build_robust_model(cfg, info)
+    first = stages_lib.plan(cfg)[0]
+    stages_lib.configure(first, model)
+    return model, stages_lib.compile_stage(first, model, steps_per_epoch, cfg)
+
+
 def _keras_reason(exc: Exception, limit: int = 160) -> str:
     """The gist of a Keras layer error on one line: no colour codes, no call-site boilerplate."""
     import re

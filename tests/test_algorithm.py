@@ -146,7 +146,7 @@ def test_learning_rate_ensemble_interval_and_tau_at_the_decays():
     cfg = Config(train=TrainConfig(epochs=100), model=ModelConfig(arch="small_cnn", width=0.25))
     info = DatasetInfo("synthetic", (8, 8, 1), 10, num_train=50_000, num_val=0, num_test=0, augmentation="none")
     keras.utils.set_random_seed(0)
-    model, decay_steps = pipeline.build_robust_model(cfg, info, steps_per_epoch=391)
+    model, decay_steps = pipeline.build_and_compile(cfg, info, steps_per_epoch=391)
     assert decay_steps == (70 * 391, 85 * 391)
     ensemble = TemporalEnsemble(decay=0.99, warmup=10.0, interval=100, decay_steps=decay_steps)
     ensemble.set_model(model)

@@ -109,7 +109,7 @@ def _tiny(seed=0, *, tmp_path):
     keras.utils.set_random_seed(seed)
     cfg = _cfg(tmp_path, width=0.25, epsilon=0.1, epochs=3, prune_epoch=1, ensemble_interval=2, seed=seed)
     info = DatasetInfo("tiny", (8, 8, 1), 10, 64, 0, 0, "none")
-    model, decay_steps = pipeline.build_robust_model(cfg, info, steps_per_epoch=4)
+    model, decay_steps = pipeline.build_and_compile(cfg, info, steps_per_epoch=4)
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -172,7 +172,7 @@ def test_damaged_or_foreign_checkpoints_are_reported_not_loaded(tmp_path):
 
     path = checkpoint.save(model, directory, epoch=2)
     wider_cfg = _cfg(tmp_path, width=0.5, epsilon=0.1)
-    wider, _ = pipeline.build_robust_model(wider_cfg, DatasetInfo("tiny", (8, 8, 1), 10, 64, 0, 0, "none"), 4)
+    wider, _ = pipeline.build_and_compile(wider_cfg, DatasetInfo("tiny", (8, 8, 1), 10, 64, 0, 0, "none"), 4)
     wider.optimizer.build(wider.trainable_variables)
     # The first variable that differs is named with both shapes (the model tracks the BatchNorm scales of
     # its structural channel projection first, so that is bn1's scale: 8 channels there, 16 here).

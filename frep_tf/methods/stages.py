@@ -107,6 +107,14 @@ def locate(stages: list[Stage], epochs_done: int) -> int:
     return 0
 
 
+def admm_interval(cfg: Config) -> int:
+    """Epochs between ADMM updates, scaled with the stages (--epoch_scale), so a shrunk ADMM stage
+    still makes the same number of updates (the original: every 20 of 200 epochs, 10 updates)."""
+    from frep_tf.config import scaled_epochs
+
+    return scaled_epochs(cfg.method.admm_interval, cfg.method.epoch_scale)
+
+
 def method_state(cfg: Config, layers):
     """The baseline's own state layers, as RobustModel keyword arguments (empty for frep/lwm/posthoc)."""
     from frep_tf.methods import admm, hydra, mad
@@ -115,7 +123,7 @@ def method_state(cfg: Config, layers):
     if m.method == "admm":
         return {
             "admm_state": admm.ADMMState.for_layers(
-                admm.admm_layers(layers), sparsity, rho=m.admm_rho, admm_epoch=m.admm_interval, name="admm_state"
+                admm.admm_layers(layers), sparsity, rho=m.admm_rho, admm_epoch=admm_interval(cfg), name="admm_state"
             )
         }
     if m.method == "hydra":

@@ -1,0 +1,272 @@
+"""--method: stage plans, flags, and every method end to end through the real `python main.py` path.
+
+Each method runs on digits with tiny stages and exports standard layers only; its pruned weights are
+exactly zero in the exported model (the masks the fine-tuning stages kept fixed); a multi-stage method
+killed inside its second stage (and one killed between stages) resumes to the uninterrupted run's
+results and weights (--deterministic).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from frep_tf.config import Config, ConfigError, validate
+from frep_tf.methods import stages
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = [
+    "--dataset=digits",
+    "--arch=small_cnn",
+    "--width=0.25",
+    "--sparsity=0.9",
+    "--epsilon=0.1",
+    "--pgd_steps=2",
+    "--pgd_step_size=0.05",
+    "--batch_size=64",
+    "--val_pgd_steps=1",
+    "--val_samples=32",
+    "--eval_attacks=clean,pgd",
+    "--eval_pgd_steps=3",
+    "--eval_samples=100",
+    "--export=keras",
+    "--verbose=2",
+]
+STAGE_EPOCHS = {
+    "lwm": {"epochs": 3, "prune_epoch": 1},
+    "posthoc": {"epochs": 2, "parameterization": "hadamard"},
+    "admm": {"pretrain_epochs": 1, "admm_epochs": 2, "admm_interval": 1, "finetune_epochs": 1},
+    "hydra": {"pretrain_epochs": 1, "score_epochs": 2, "finetune_epochs": 1},
+    "mad": {"pretrain_epochs": 1, "mad_batches": 3, "mad_mask_steps": 2, "finetune_epochs": 1},
+}
+
+
+def _args(values: dict) -> list[str]:
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def run_main(*args, env_extra=None, timeout=900):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.pop("FREP_TF_TEST_KILL_AT", None)
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "main.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def cfg_of(**flat):
+    return validate(Config.from_flat({**Config().flat(), "workdir": "", "mode": "evaluate", "model": __file__, **flat}))
+
+
+# -- plans -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "method, names, total",
+    [
+        ("admm", ["pretrain", "admm", "retrain"], 300),
+        ("hydra", ["pretrain", "score", "finetune"], 220),
+        ("mad", ["pretrain", "saliency", "finetune"], 240),
+        ("lwm", ["train"], 100),
+        ("frep", ["train"], 100),
+    ],
+)
+def test_default_stage_epochs_are_table_v(method, names, total):
+    plan = stages.plan(cfg_of(method=method))
+    assert [s.name for s in plan] == names
+    assert stages.total_epochs(plan) == total
+    assert [s.start for s in plan] == [sum(p.epochs for p in plan[:i]) for i in range(len(plan))]
+    assert plan[-1].ensemble == Config().ensemble.ensemble and not any(s.ensemble for s in plan[:-1])
+
+
+def test_epoch_scale_scales_every_stage_and_the_prune_epoch_rounded_at_least_one():
+    plan = stages.plan(cfg_of(method="hydra", epoch_scale=0.01))
+    assert [s.epochs for s in plan] == [1, 1, 1]  # 100, 20, 100 -> round, at least 1
+    cfg = cfg_of(method="admm", epoch_scale=0.1)
+    assert [s.epochs for s in stages.plan(cfg)] == [10, 10, 10]
+    assert stages.admm_interval(cfg) == 1  # 10 x 0.1: still 9 updates in the 10-epoch ADMM stage
+    plan = stages.plan(cfg_of(method="mad", epoch_scale=0.1))
+    assert [s.epochs for s in plan] == [10, 1, 14]  # the saliency pass is one pass of the data
+    cfg = cfg_of(method="frep", epoch_scale=0.1)
+    assert (cfg.epochs, cfg.prune_epoch) == (10, 3)
+    assert cfg_of(method="frep", epochs=1000, epoch_scale=0.004).prune_epoch == 1  # round(0.12) -> 1
+
+
+def test_stage_learning_rates_and_objectives():
+    cfg = cfg_of(method="mad", lr=0.05, finetune_lr=0.02, objective="pgd")
+    pre, sal, fine = stages.plan(cfg)
+    assert (pre.lr, pre.schedule, pre.objective) == (0.05, "step", "pgd")
+    assert sal.kind == "saliency"
+    assert (fine.lr, fine.schedule, fine.objective, fine.trades_beta) == (0.02, "cosine", "mart", 0.5)
+    score = stages.plan(cfg_of(method="hydra", lr=0.05))[1]
+    assert (score.step, score.lr, score.schedule) == ("score", 0.05, "cosine")
+    assert stages.plan(cfg_of(method="admm"))[1].step == "admm"
+
+
+def test_a_stage_of_zero_epochs_is_left_out_and_locate_finds_the_stage_of_a_checkpoint():
+    plan = stages.plan(cfg_of(method="hydra", pretrain_epochs=0, score_epochs=3, finetune_epochs=2))
+    assert [(s.name, s.start, s.epochs) for s in plan] == [("score", 0, 3), ("finetune", 3, 2)]
+    assert [stages.locate(plan, e) for e in (0, 1, 3, 4, 5)] == [0, 0, 0, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "flat, flag",
+    [
+        ({"method": "admm", "sparsity": 0.0}, "--sparsity=0.0"),
+        ({"method": "hydra", "structured": True}, "--structured=True"),
+        ({"method": "mad", "parameterization": "channel"}, "--parameterization=channel"),
+        ({"method": "admm", "admm_epochs": 0}, "--admm_epochs=0"),
+        ({"method": "hydra", "score_epochs": 0}, "--score_epochs=0"),
+        ({"epoch_scale": 0.0}, "--epoch_scale=0.0"),
+        ({"finetune_epochs": -1}, "--finetune_epochs=-1"),
+        ({"sparse_init": True}, "--sparse_init=True"),
+        ({"method": "sgd"}, "--method=sgd"),
+        ({"method": "frep", "epochs": 10, "prune_epoch": 30, "epoch_scale": 0.5}, "--prune_epoch=30"),
+    ],
+)
+def test_bad_method_settings_are_one_line_naming_the_flag(flat, flag):
+    with pytest.raises(ConfigError) as err:
+        cfg_of(**flat)
+    assert str(err.value).startswith(flag) and "\n" not in str(err.value)
+
+
+def test_baselines_default_to_plain_pgd_without_ensemble_unless_the_flags_are_given():
+    from absl import flags as absl_flags
+
+    import flags
+
+    fv = absl_flags.FlagValues()
+    flags.define_all(fv)
+    fv(["prog", "--method=hydra"])
+    cfg = flags.config_from_flags(fv)
+    assert (cfg.model.parameterization, cfg.train.objective, cfg.ensemble.ensemble) == ("plain", "pgd", False)
+    fv = absl_flags.FlagValues()
+    flags.define_all(fv)
+    fv(["prog", "--method=hydra", "--objective=trades", "--ensemble", "--parameterization=hadamard"])
+    cfg = flags.config_from_flags(fv)
+    assert (cfg.model.parameterization, cfg.train.objective, cfg.ensemble.ensemble) == ("hadamard", "trades", True)
+    fv = absl_flags.FlagValues()
+    flags.define_all(fv)
+    fv(["prog"])
+    cfg = flags.config_from_flags(fv)
+    assert (cfg.model.parameterization, cfg.train.objective, cfg.ensemble.ensemble) == ("hadamard", "sre", True)
+
+
+def test_mad_min_density_reserves_each_layer_then_ranks_globally():
+    from frep_tf.methods import mad
+
+    rng = np.random.default_rng(0)
+    body = [rng.normal(size=(3, 3, 2, 4)), rng.normal(size=(3, 3, 4, 8)) - 10.0]  # layer 2 always loses
+    head = rng.normal(size=(8, 3))
+    plain = mad.saliency_masks(body + [head], 0.9)
+    assert plain[1].sum() == 0 and plain[0].sum() + plain[1].sum() == round(0.1 * (72 + 288))
+    floored = mad.saliency_masks(body + [head], 0.9, min_density=0.05)
+    assert floored[1].sum() == np.ceil(0.05 * 288)  # reserved: its top 15
+    assert floored[0].sum() + floored[1].sum() == round(0.1 * (72 + 288))  # same global budget
+    top = np.argsort(-body[1].ravel(), kind="stable")[:15]
+    assert set(np.flatnonzero(floored[1].ravel())) == set(top)
+
+
+# -- end to end ---------------------------------------------------------------------------------------
+def _exported(workdir):
+    import keras
+
+    return keras.models.load_model(os.path.join(workdir, "export", "model.keras"), compile=False)
+
+
+@pytest.mark.parametrize("method", ["lwm", "admm", "hydra", "mad", "posthoc"])
+def test_every_method_runs_end_to_end_and_exports_standard_layers(method, tmp_path):
+    import keras
+
+    workdir = tmp_path / method
+    proc = run_main(*TINY, f"--method={method}", *_args(STAGE_EPOCHS[method]), f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    m = results["method"]
+    assert m["name"] == method
+    names = [s["name"] for s in m["stages"]]
+    assert names == [s.name for s in stages.plan(cfg_of(method=method, **STAGE_EPOCHS[method]))]
+    assert results["training"]["epochs"] == sum(s["epochs"] for s in m["stages"])
+    for s in m["stages"]:
+        assert s["seconds"] > 0 and s["peak_rss_mb"] > 100, s
+    assert m["seconds"] == pytest.approx(sum(s["seconds"] for s in m["stages"]), abs=0.01)
+    model = _exported(workdir)
+    kinds = {type(layer).__module__.split(".")[0] for layer in model.layers}
+    assert kinds == {"keras"}, kinds  # standard layers only
+    # Pruned weights are exactly zero in the exported model, as many as the masks removed.
+    layers = results["pruning"]["layers"]
+    by_name = {layer.name: layer for layer in model.layers}
+    for name, d in layers.items():
+        kernel = np.asarray(by_name[name].kernel)
+        assert np.count_nonzero(kernel) <= d["kept"], name
+    kept = sum(d["kept"] for d in layers.values())
+    total = sum(d["total"] for d in layers.values())
+    expected = 0.9 if method != "admm" else None  # ADMM prunes conv layers only (as the original)
+    if expected:
+        assert kept == pytest.approx((1 - expected) * total, abs=len(layers))
+    else:
+        conv = {n: d for n, d in layers.items() if n.startswith("conv")}
+        assert all(d["kept"] == round(0.1 * d["total"]) for d in conv.values())
+    if len(names) > 1:
+        assert all((workdir / "tb" / n).is_dir() for n in names if n != "saliency")
+    assert keras  # imported for load_model
+
+
+def test_sparse_init_runs_through_main(tmp_path):
+    proc = run_main(
+        *TINY, "--parameterization=plain", "--sparse_init", "--epochs=2", "--prune_epoch=1", f"--workdir={tmp_path}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "config.json").read_text())["method"]["sparse_init"] is True
+    assert json.loads((tmp_path / "results.json").read_text())["sparsity"]["kernels"] == pytest.approx(0.9, abs=1e-3)
+
+
+# -- kills inside and between stages --------------------------------------------------------------
+RESUME = [*TINY, "--method=hydra", "--pretrain_epochs=1", "--score_epochs=3", "--finetune_epochs=1", "--deterministic"]
+
+
+def _strip(results):
+    if isinstance(results, dict):
+        return {k: _strip(v) for k, v in results.items() if k not in ("timings", "seconds", "peak_rss_mb")}
+    if isinstance(results, list):
+        return [_strip(v) for v in results]
+    return results
+
+
+@pytest.fixture(scope="module")
+def hydra_reference(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("hydra_reference")
+    proc = run_main(*RESUME, f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.parametrize(
+    "kill_at, resumed_in",
+    [
+        ("checkpoint:3", "score"),  # the 3rd checkpoint is the score stage's 2nd epoch: killed inside stage 2
+        # Killed writing the score stage's first checkpoint: the run resumes from the end of pre-training
+        # and starts the score stage afresh (score initialisation again), as if killed between stages.
+        ("checkpoint:2", "pretrain"),
+    ],
+)
+def test_hydra_killed_in_its_second_stage_ends_as_the_uninterrupted_run(hydra_reference, tmp_path, kill_at, resumed_in):
+    workdir = tmp_path / "killed"
+    proc = run_main(*RESUME, f"--workdir={workdir}", env_extra={"FREP_TF_TEST_KILL_AT": kill_at})
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:]
+    proc = run_main(*RESUME, f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"({resumed_in} stage)" in proc.stdout, proc.stdout[-2000:]
+    ref = json.loads((hydra_reference / "results.json").read_text())
+    got = json.loads((workdir / "results.json").read_text())
+    assert _strip(got) == _strip(ref)
+    for a, b in zip(_exported(workdir).weights, _exported(hydra_reference).weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
