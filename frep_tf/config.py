@@ -144,13 +144,17 @@ class MethodConfig:
     )
     pretrain_epochs: int = _f(100, "admm / hydra / mad: dense adversarial pre-training epochs (paper Table V)")
     admm_epochs: int = _f(100, "admm: epochs of the ADMM stage (Table V: 100 + 100 + 100)")
-    admm_interval: int = _f(10, "admm: epochs between ADMM updates (rho *= 1.3, Z = proj(W + U), U += W - Z); scaled by --epoch_scale")
+    admm_interval: int = _f(
+        10, "admm: epochs between ADMM updates (rho *= 1.3, Z = proj(W + U), U += W - Z); scaled by --epoch_scale"
+    )
     admm_rho: float = _f(1e-3, "admm: initial penalty rho of every layer")
     score_epochs: int = _f(20, "hydra: score-learning epochs (Table V: 100 + 20 + 100)")
     finetune_epochs: int = _f(
         0, "admm / hydra / mad: masked fine-tuning epochs; 0 = the method's own (admm 100, hydra 100, mad 139)"
     )
-    finetune_lr: float = _f(0.01, "admm / hydra / mad: learning rate of the ADMM, retraining and fine-tuning stages, cosine")
+    finetune_lr: float = _f(
+        0.01, "admm / hydra / mad: learning rate of the ADMM, retraining and fine-tuning stages, cosine"
+    )
     mad_mask_steps: int = _f(20, "mad: Adam steps on the soft mask per saliency batch (the original's 20)")
     mad_mask_lr: float = _f(0.1, "mad: Adam learning rate of the soft mask (the original's 0.1)")
     mad_batches: int = _f(0, "mad: training batches of the saliency pass; 0 = one epoch")
@@ -365,7 +369,9 @@ def validate(cfg: Config) -> Config:
         if p.prune_schedule == "gradual":
             end = cfg.prune_end_epoch
             if not cfg.prune_epoch < end <= cfg.epochs:
-                raise _bad("prune_end_epoch", p.prune_end_epoch, f"must lie in ({cfg.prune_epoch}, {cfg.epochs}]{scale_note}")
+                raise _bad(
+                    "prune_end_epoch", p.prune_end_epoch, f"must lie in ({cfg.prune_epoch}, {cfg.epochs}]{scale_note}"
+                )
         elif p.prune_end_epoch:
             raise _bad("prune_end_epoch", p.prune_end_epoch, "only with --prune_schedule=gradual (oneshot prunes once)")
     if not 0 <= p.min_layer_density <= 1 - p.sparsity:
@@ -480,7 +486,11 @@ def _validate_method(cfg: Config) -> None:
     if method != "frep" and p.sparsity == 0:
         raise _bad("sparsity", p.sparsity, f"--method={method} prunes: give --sparsity in (0, 1)")
     if method not in ("frep", "posthoc") and p.structured:
-        raise _bad("structured", True, f"--method={method} prunes single weights; structured pruning is FReP-CH (--method=frep)")
+        raise _bad(
+            "structured",
+            True,
+            f"--method={method} prunes single weights; structured pruning is FReP-CH (--method=frep)",
+        )
     if method not in ("frep", "posthoc") and cfg.model.parameterization == "channel":
         raise _bad("parameterization", "channel", f"--method={method} masks single weights: use plain or hadamard")
     if method in ("admm", "hydra", "mad") and p.prune_schedule != "oneshot":

@@ -25,8 +25,10 @@ import time
 import numpy as np
 
 from frep_tf import kill_points, resume
-from frep_tf.config import TABLE_I_COLUMNS, Config, ConfigError, validate
+from frep_tf.config import Config, ConfigError, validate
+from frep_tf.final_evaluation import evaluate_classifier, evaluate_deployed, transfer_pgd
 from frep_tf.io_utils import fsync_dir, remove, write_json_atomic
+from frep_tf.results import compact_summary, info_dict, method_summary, summary_table
 
 RESULTS_SCHEMA_VERSION = 2  # 2: evaluation_tflite per exported TFLite file; compact; int8_calibration (+ method)
 INT8_CALIBRATION_IMAGES = 256  # training images the int8 exports are calibrated on
@@ -206,81 +208,6 @@ def _verbose(cfg: Config) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def evaluate_classifier(model_fn, x, y, cfg: Config):
-    from frep_tf import evaluation
-
-    n = cfg.eval.eval_samples
-    if n:
-        x, y = x[:n], y[:n]
-    return evaluation.evaluate_model(
-        model_fn,
-        x,
-        y,
-        attacks=cfg.attacks,
-        epsilon=cfg.train.epsilon,
-        batch_size=cfg.data.eval_batch_size,
-        seed=cfg.run.seed,
-        pgd_steps=cfg.eval.eval_pgd_steps,
-        mim_steps=cfg.eval.eval_pgd_steps,
-        progress=_verbose(cfg) == 1,
-    )
-
-
-def evaluate_deployed(paths: dict, source_model_fn, x, y, cfg: Config, num_classes: int) -> dict:
-    """Every exported TFLite file, on the LiteRT interpreter: clean accuracy, Square run on the
-    interpreter itself, and PGD crafted once on the float model and transferred to each file (a
-    quantised file can look robust to white-box attacks because its gradients are masked; these two
-    do not use its gradients). `paths` maps export format -> file."""
-    from frep_tf import evaluation
-    from frep_tf.model_io import load_classifier
-
-    n = cfg.eval.eval_samples
-    if n:
-        x, y = x[:n], y[:n]
-    targets = {
-        fmt: load_classifier(path, input_shape=x.shape[1:], num_classes=num_classes) for fmt, path in paths.items()
-    }
-    transfer = transfer_pgd(source_model_fn, targets, x, y, cfg)
-    out = {}
-    for fmt, path in paths.items():
-        ev = evaluation.evaluate_model(
-            targets[fmt],
-            x,
-            y,
-            attacks=("clean", "square"),
-            epsilon=cfg.train.epsilon,
-            batch_size=cfg.data.eval_batch_size,
-            seed=cfg.run.seed,
-            square_queries=cfg.eval.tflite_square_queries,
-            sanity=False,
-            progress=_verbose(cfg) == 1,
-        )
-        out[fmt] = {
-            "path": os.path.relpath(path, cfg.run.workdir or "."),
-            "clean": ev["clean"],
-            "square": ev["square"] | {"queries": cfg.eval.tflite_square_queries},
-            "transfer_pgd": transfer[fmt],
-        }
-    return out
-
-
-def transfer_pgd(source_model_fn, targets: dict, x, y, cfg: Config) -> dict:
-    """PGD (--eval_pgd_steps) crafted on `source_model_fn`, evaluated on each of `targets`."""
-    from frep_tf import evaluation
-
-    return evaluation.transfer_accuracies(
-        source_model_fn,
-        targets,
-        x,
-        y,
-        epsilon=cfg.train.epsilon,
-        steps=cfg.eval.eval_pgd_steps,
-        batch_size=cfg.data.eval_batch_size,
-        seed=cfg.run.seed,
-        progress=_verbose(cfg) == 1,
-    )
-
-
 def run(cfg: Config) -> dict:
     from frep_tf import data
 
@@ -345,8 +272,8 @@ def _checkpoint_epoch(workdir: str) -> int:
 def run_train(cfg: Config) -> dict:
     from frep_tf import export as export_lib
     from frep_tf.fuse import fuse
-    from frep_tf.model_io import load_classifier
     from frep_tf.methods import stages as stages_lib
+    from frep_tf.model_io import load_classifier
     from frep_tf.training import checkpoint
     from frep_tf.training.checkpoint import EpochCheckpoint
     from frep_tf.training.guards import NonFiniteLossError
@@ -409,12 +336,21 @@ def run_train(cfg: Config) -> dict:
                     if epoch == stage.start:
                         stages_lib.begin(stage, model, cfg)
                     if len(plan) > 1:
-                        print(f"[frep_tf] stage {stage.name}: epochs {epoch + 1}-{stage.end} of {total_epochs}", flush=True)
+                        print(
+                            f"[frep_tf] stage {stage.name}: epochs {epoch + 1}-{stage.end} of {total_epochs}",
+                            flush=True,
+                        )
                     clock.start(stage.name)
                     if stage.kind == "saliency":
                         stages_lib.saliency_pass(stage, model, splits, steps_per_epoch, cfg, _verbose(cfg))
                         clock.lap()
-                        saved = checkpoint.save(model, os.path.join(out_dir, resume.CHECKPOINT_DIR), stage.end, {}, {"stages": clock.snapshot()})
+                        saved = checkpoint.save(
+                            model,
+                            os.path.join(out_dir, resume.CHECKPOINT_DIR),
+                            stage.end,
+                            {},
+                            {"stages": clock.snapshot()},
+                        )
                         checkpoint.prune_others(os.path.join(out_dir, resume.CHECKPOINT_DIR), keep=saved)
                         epoch = stage.end
                         continue
@@ -436,7 +372,9 @@ def run_train(cfg: Config) -> dict:
         except (NonFiniteLossError, PruningError) as exc:
             kept = checkpoint.latest(checkpoint_dir)
             where = (
-                f"the last good checkpoint, {kept}, is kept" if kept else "no epoch had finished, so there is no checkpoint"
+                f"the last good checkpoint, {kept}, is kept"
+                if kept
+                else "no epoch had finished, so there is no checkpoint"
             )
             hint = "Try a lower --lr" if isinstance(exc, NonFiniteLossError) else "Run again"
             raise type(exc)(f"{exc}; {where}. {hint} (with --overwrite or another --workdir)") from None
@@ -490,7 +428,7 @@ def run_train(cfg: Config) -> dict:
     results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "mode": "train",
-        "dataset": _info_dict(info),
+        "dataset": info_dict(info),
         "model": {
             "arch": cfg.model.arch,
             "parameterization": cfg.model.parameterization,
@@ -523,8 +461,8 @@ def run_train(cfg: Config) -> dict:
         "int8_calibration": (
             None if representative is None else {"split": "train", "images": int(len(representative))}
         ),
-        "compact": _compact_summary(compact_report, records) if compact_report else None,
-        "method": _method_summary(cfg, plan, clock, steps_per_epoch),
+        "compact": compact_summary(compact_report, records) if compact_report else None,
+        "method": method_summary(cfg, plan, clock),
         "training": {
             "epochs": total_epochs,
             "steps": sum(st.epochs * steps_per_epoch for st in plan if st.kind == "fit"),
@@ -542,46 +480,6 @@ def run_train(cfg: Config) -> dict:
     remove(checkpoint_dir)
     print(summary_table(results))
     return results
-
-
-def _method_summary(cfg: Config, plan, clock, steps_per_epoch: int) -> dict:
-    """results.json `method`: the stages that ran, each with its epochs, wall time and peak memory."""
-    record = clock.snapshot()
-    rows = []
-    for st in plan:
-        r = record.get(st.name, {})
-        rows.append(
-            {
-                "name": st.name,
-                "first_epoch": st.start,
-                "epochs": st.epochs,
-                "kind": st.kind,
-                "objective": st.objective,
-                "lr": st.lr,
-                "lr_schedule": st.schedule if st.kind == "fit" else None,
-                "seconds": r.get("seconds"),
-                "peak_rss_mb": r.get("peak_rss_mb"),
-            }
-        )
-    seconds = [r["seconds"] for r in rows if r["seconds"] is not None]
-    peaks = [r["peak_rss_mb"] for r in rows if r["peak_rss_mb"] is not None]
-    return {
-        "name": cfg.method.method,
-        "epoch_scale": cfg.method.epoch_scale,
-        "stages": rows,
-        "seconds": round(sum(seconds), 3) if seconds else None,
-        "peak_rss_mb": max(peaks) if peaks else None,
-    }
-
-
-def _compact_summary(report: dict, records) -> dict:
-    """Parameters, MACs and file bytes of the model before and after its removed channels are taken out."""
-    size = {r.format: r.bytes for r in records}
-    pairs = [("keras", "compact_keras"), ("saved_model", "compact_saved_model"), ("tflite", "compact_tflite")]
-    pairs.append(("tflite_int8_dense", "compact_tflite_int8"))
-    return report | {
-        "bytes": {after: {"before": size.get(before), "after": size[after]} for before, after in pairs if after in size}
-    }
 
 
 def export_atomically(model, workdir: str, formats, check_inputs, *, representative=None, report=None) -> list:
@@ -635,7 +533,7 @@ def run_evaluate(cfg: Config) -> dict:
     results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "mode": "evaluate",
-        "dataset": _info_dict(info),
+        "dataset": info_dict(info),
         "model": {"evaluated_path": os.path.abspath(cfg.eval.model)},
         "evaluation": evaluation,
         "timings": stages.seconds | {"total": stages.total()},
@@ -663,72 +561,3 @@ def run_predict(cfg: Config) -> dict:
     else:
         print(text, end="", flush=True)
     return {"mode": "predict", "predictions": [{"image": n, "class": c, "probability": p} for n, c, p in rows]}
-
-
-def _info_dict(info) -> dict:
-    return {
-        "name": info.name,
-        "image_shape": list(info.image_shape),
-        "num_classes": info.num_classes,
-        "num_train": info.num_train,
-        "num_val": info.num_val,
-        "num_test": info.num_test,
-        "augmentation": info.augmentation,
-    }
-
-
-def attack_results(evaluation: dict) -> dict:
-    """{attack: {"accuracy", "samples", "seconds"}} for the attacks run, in the order they ran."""
-    return {k: v for k, v in evaluation.items() if isinstance(v, dict) and "accuracy" in v and k != "worst_case"}
-
-
-def summary_table(results: dict) -> str:
-    """A short Markdown summary: one row shaped like the paper's Table I, sanity, sparsity, exports, time."""
-    ev = results["evaluation"]
-    attacks = attack_results(ev)
-    columns = list(TABLE_I_COLUMNS) + [(k, k) for k in attacks if k not in dict(TABLE_I_COLUMNS)]
-    model = results.get("model", {})
-    name = " ".join(str(model[k]) for k in ("arch", "parameterization") if model.get(k)) or os.path.basename(
-        str(model.get("evaluated_path", "model"))
-    )
-    if "sparsity" in results:
-        name += f" ({100 * results['sparsity']['kernels']:.0f} % sparse)"
-    cells = [f"{100 * attacks[k]['accuracy']:.1f}" if k in attacks else "-" for k, _ in columns]
-    sanity = ev.get("sanity")
-    verdict = "not run" if sanity is None else ("pass" if sanity.get("passed") else "FAIL")
-    lines = [
-        "",
-        "| Model | " + " | ".join(title for _, title in columns) + " |",
-        "|---|" + "---:|" * len(columns),
-        f"| {name} | " + " | ".join(cells) + " |",
-        "",
-        f"accuracy (%) on {next(iter(attacks.values()))['samples']} test examples of {results['dataset']['name']}, "
-        f"epsilon {ev['config']['epsilon']:.4g}; sanity checks: {verdict}",
-    ]
-    if sanity is not None and not sanity.get("passed"):
-        failed = [name for name, c in sanity.get("checks", {}).items() if c.get("passed") is False]
-        lines.append(f"failed checks: {', '.join(failed)} (see results.json)")
-    if "sparsity" in results:
-        s = results["sparsity"]
-        p = results["params"]
-        lines.append(
-            f"sparsity: {100 * s['kernels']:.2f} % of kernel weights, {100 * s['all_parameters']:.2f} % of all "
-            f"parameters; {p['deployed_nonzero']:,} of {p['deployed']:,} parameters non-zero"
-        )
-    for tfl in (results.get("evaluation_tflite") or {}).values():
-        lines.append(
-            f"{tfl['path']}: clean {100 * tfl['clean']['accuracy']:.1f} %, PGD transferred from the Keras model "
-            f"{100 * tfl['transfer_pgd']['accuracy']:.1f} %, Square on the interpreter "
-            f"{100 * tfl['square']['accuracy']:.1f} %"
-        )
-    c = results.get("compact")
-    if c:
-        lines.append(
-            f"compact: {c['params_after']:,} of {c['params_before']:,} parameters, {c['macs_after']:,} of "
-            f"{c['macs_before']:,} MACs per image ({c['channels_after']} of {c['channels_before']} prunable channels)"
-        )
-    for e in results.get("exports", []):
-        lines.append(f"export: {e['path']} ({e['bytes']:,} bytes, max |diff| vs Keras {e['max_abs_diff']:.2g})")
-    t = results["timings"]
-    lines.append("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
-    return "\n".join(lines)

@@ -270,3 +270,54 @@ def test_hydra_killed_in_its_second_stage_ends_as_the_uninterrupted_run(hydra_re
     assert _strip(got) == _strip(ref)
     for a, b in zip(_exported(workdir).weights, _exported(hydra_reference).weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+# -- pruned weights stay exactly zero while a fine-tuning stage trains (in process) -----------------------
+@pytest.mark.parametrize("parameterization", ["plain", "hadamard"])
+@pytest.mark.parametrize("method, stage_name", [("admm", "retrain"), ("hydra", "finetune"), ("mad", "finetune")])
+def test_pruned_weights_stay_exactly_zero_in_the_fine_tuning_stage(method, stage_name, parameterization):
+    import keras
+
+    from frep_tf import pipeline
+    from frep_tf.data.splits import DatasetInfo
+
+    keras.utils.set_random_seed(0)
+    cfg = cfg_of(
+        method=method,
+        arch="small_cnn",
+        width=0.25,
+        sparsity=0.8,
+        epsilon=0.1,
+        pgd_steps=2,
+        weight_decay=0.01,
+        parameterization=parameterization,
+        objective="pgd",
+        ensemble=False,
+    )
+    info = DatasetInfo("tiny", (8, 8, 1), 10, num_train=64, num_val=0, num_test=0, augmentation="none")
+    model = pipeline.build_robust_model(cfg, info)
+    plan = stages.plan(cfg)
+    stage = next(s for s in plan if s.name == stage_name)
+    if method == "hydra":
+        model.hydra_scores.initialize([layer.fused_kernel() for layer in model.reparam])
+    if method == "mad":
+        rng = np.random.default_rng(0)
+        for total in model.saliency.sums:
+            total.assign(rng.random(total.shape).astype("float32"))
+        model.saliency.batches.assign(1)
+    stages.configure(stage, model)
+    stages.compile_stage(stage, model, steps_per_epoch=4, cfg=cfg)
+    stages.begin(stage, model, cfg)
+    layers = model.admm_layers if method == "admm" else model.reparam
+    masks = [np.asarray(layer.mask).copy() for layer in layers]
+    assert all(0 < m.sum() < m.size for m in masks)
+    rng = np.random.default_rng(1)
+    x, y = rng.random((64, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 64).astype("int32")
+    before = [[np.asarray(v).copy() for v in layer.prunable_weights()] for layer in layers]
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    for layer, mask, old in zip(layers, masks, before, strict=True):
+        np.testing.assert_array_equal(np.asarray(layer.mask), mask)  # the mask stayed fixed
+        for v, o in zip(layer.prunable_weights(), old, strict=True):
+            v = np.asarray(v)
+            assert np.all(v[mask == 0] == 0), layer.name  # exactly zero, weight decay and momentum included
+            assert np.any(v[mask == 1] != o[mask == 1]), layer.name  # and the kept weights did train

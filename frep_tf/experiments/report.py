@@ -398,8 +398,9 @@ def row_summary(row: Row, columns) -> dict:
     size = mean_std(s[1] for s in sizes if s)
     sparsity = mean_std((c.results.get("sparsity") or {}).get("kernels") for c in row.cells)
     total = mean_std((c.results.get("timings") or {}).get("total") for c in row.cells)
-    train = mean_std((c.results.get("timings") or {}).get("train") for c in row.cells)
+    train = mean_std(train_seconds(c) for c in row.cells)
     epochs = mean_std((c.results.get("training") or {}).get("epochs") for c in row.cells)
+    peak = mean_std((c.results.get("method") or {}).get("peak_rss_mb") for c in row.cells)
     return {
         "method": row.method,
         "sparsity": row.sparsity,
@@ -416,7 +417,24 @@ def row_summary(row: Row, columns) -> dict:
         "seconds_total": {"mean": total[0], "std": total[1]} if total[2] else None,
         "seconds_train": {"mean": train[0], "std": train[1]} if train[2] else None,
         "epochs": {"mean": epochs[0], "std": epochs[1]} if epochs[2] else None,
+        "peak_rss_mb": {"mean": peak[0], "std": peak[1]} if peak[2] else None,
+        "stages": stage_text(row.cells[0]) if row.cells else "",
     }
+
+
+def train_seconds(cell) -> float | None:
+    """Training wall time of a cell: the method's stages summed over every process that ran them
+    (results.json `method.seconds`), else the finishing process's train timing (older results)."""
+    method = cell.results.get("method") or {}
+    if method.get("seconds") is not None:
+        return method["seconds"]
+    return (cell.results.get("timings") or {}).get("train")
+
+
+def stage_text(cell) -> str:
+    """`pretrain 10 + admm 10 + retrain 10` (the method's stages and their epochs)."""
+    stages = (cell.results.get("method") or {}).get("stages") or []
+    return " + ".join(f"{s['name']} {s['epochs']}" for s in stages)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -843,32 +861,55 @@ def _markdown(workdir, experiment, cells, axes, rows, summaries, columns, figure
     if rows:
         out += ["## Cost (paper Table V)", ""]
         body = []
+        frep_train = {
+            _sort_key(r.sparsity): s["seconds_train"]["mean"]
+            for r, s in zip(rows, summaries, strict=True)
+            if r.method == "FReP" and not r.structured and s["seconds_train"]
+        }
         for row, s in zip(rows, summaries, strict=True):
-            t, tr, ep = s["seconds_total"], s["seconds_train"], s["epochs"]
+            t, tr, ep, peak = s["seconds_total"], s["seconds_train"], s["epochs"], s["peak_rss_mb"]
             per_epoch = mean_std(
-                (c.results.get("timings") or {}).get("train", 0)
-                / max((c.results.get("training") or {}).get("epochs") or 1, 1)
+                (train_seconds(c) or 0) / max((c.results.get("training") or {}).get("epochs") or 1, 1)
                 for c in row.cells
             )
+            reference = frep_train.get(_sort_key(row.sparsity))
+            ratio = f"{tr['mean'] / reference:.2f}" if tr and reference else "-"
             body.append(
                 [
                     _row_label(row),
                     str(s["n"]),
+                    s["stages"] or "-",
                     _pm(ep["mean"], ep["std"] or None, 1, 0) if ep else "-",
                     _pm(tr["mean"], tr["std"]) if tr else "-",
+                    ratio,
                     _pm(per_epoch[0], per_epoch[1], 1, 2),
+                    _pm(peak["mean"], peak["std"] or None, 1, 0) if peak else "-",
                     _pm(t["mean"], t["std"]) if t else "-",
                 ]
             )
         out += _md_table(
-            ["Row", "n", "Epochs", "Train (s)", "Train s / epoch", "Total (s)"], body, ["l", "r", "r", "r", "r", "r"]
+            [
+                "Row",
+                "n",
+                "Stages (epochs)",
+                "Epochs",
+                "Train (s)",
+                "Train / FReP",
+                "Train s / epoch",
+                "Peak RSS (MiB)",
+                "Total (s)",
+            ],
+            body,
+            ["l", "r", "l", "r", "r", "r", "r", "r", "r"],
         )
         total = sum((c.results.get("timings") or {}).get("total", 0) for c in finished)
         out += [
             "",
             f"Wall time, mean ± std over seeds; all {len(finished)} finished cells together: {total / 3600:.2f} h. "
-            "Times are those of the process that finished a cell: for a cell resumed after a kill (marked "
-            "*resumed*) they leave out the processes before.",
+            "Train time is the method's stages summed over every process that ran them (results.json "
+            "`method.seconds`; older results: the finishing process only); Train / FReP divides by the FReP row "
+            "at the same sparsity; peak RSS is the process's resident-memory high-water mark (ru_maxrss). "
+            "Total is the finishing process's wall time (a cell resumed after a kill is marked *resumed*).",
             "",
         ]
         out += ["Per cell:", ""]
@@ -883,7 +924,7 @@ def _markdown(workdir, experiment, cells, axes, rows, summaries, columns, figure
                         _row_label(row),
                         str(c.setting(REPLICATE_AXIS)),
                         str(epochs if epochs is not None else "-"),
-                        f"{timings['train']:.1f}" if "train" in timings else "-",
+                        f"{train_seconds(c):.1f}" if train_seconds(c) is not None else "-",
                         f"{timings['total']:.1f}" if "total" in timings else "-",
                     ]
                 )

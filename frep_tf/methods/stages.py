@@ -73,16 +73,31 @@ def plan(cfg: Config) -> list[Stage]:
     specs = [dict(name="pretrain", epochs=scaled_epochs(m.pretrain_epochs, scale), lr=t.lr, **common)]
     if method == "admm":
         specs.append(
-            dict(name="admm", epochs=scaled_epochs(m.admm_epochs, scale), step="admm", lr=m.finetune_lr, schedule="cosine")
+            dict(
+                name="admm",
+                epochs=scaled_epochs(m.admm_epochs, scale),
+                step="admm",
+                lr=m.finetune_lr,
+                schedule="cosine",
+            )
         )
         specs.append(dict(name="retrain", epochs=finetune, lr=m.finetune_lr, schedule="cosine"))
     elif method == "hydra":
-        specs.append(dict(name="score", epochs=scaled_epochs(m.score_epochs, scale), step="score", lr=t.lr, schedule="cosine"))
+        specs.append(
+            dict(name="score", epochs=scaled_epochs(m.score_epochs, scale), step="score", lr=t.lr, schedule="cosine")
+        )
         specs.append(dict(name="finetune", epochs=finetune, lr=m.finetune_lr, schedule="cosine"))
     else:  # mad
         specs.append(dict(name="saliency", epochs=1, kind="saliency"))
         specs.append(
-            dict(name="finetune", epochs=finetune, lr=m.finetune_lr, schedule="cosine", objective="mart", trades_beta=m.mad_beta)
+            dict(
+                name="finetune",
+                epochs=finetune,
+                lr=m.finetune_lr,
+                schedule="cosine",
+                objective="mart",
+                trades_beta=m.mad_beta,
+            )
         )
     stages, start = [], 0
     for spec in specs:
@@ -133,7 +148,9 @@ def method_state(cfg: Config, layers):
     if m.method == "mad":
         return {
             "saliency": mad.SaliencyAverage(
-                [tuple(layer.mask.shape) for layer in layers], layer_names=[layer.name for layer in layers], name="saliency"
+                [tuple(layer.mask.shape) for layer in layers],
+                layer_names=[layer.name for layer in layers],
+                name="saliency",
             )
         }
     return {}
@@ -245,7 +262,13 @@ def saliency_pass(stage: Stage, model, splits, steps_per_epoch: int, cfg: Config
     network_fn = lambda x: model.network(x, training=False)  # noqa: E731
     for i, (x, y) in enumerate(splits.train_from(stage.start).take(batches)):
         x_adv = pgd(
-            network_fn, x, y, eps=t.epsilon, steps=t.pgd_steps, step_size=t.pgd_step_size, seed=cfg.run.seed * 100003 + i
+            network_fn,
+            x,
+            y,
+            eps=t.epsilon,
+            steps=t.pgd_steps,
+            step_size=t.pgd_step_size,
+            seed=cfg.run.seed * 100003 + i,
         )
         avg.add(pass_.batch(x_adv, y))
         bar.update(i + 1)
@@ -303,7 +326,9 @@ def tb_dir(workdir: str, stage: Stage, stages: list[Stage]) -> str:
     return base if len(stages) == 1 else os.path.join(base, stage.name)
 
 
-def make_callbacks(cfg: Config, model, stage: Stage, stages: list[Stage], splits, decay_steps, workdir, clock, steps_per_epoch):
+def make_callbacks(
+    cfg: Config, model, stage: Stage, stages: list[Stage], splits, decay_steps, workdir, clock, steps_per_epoch
+):
     """The callbacks of one `fit` stage. The checkpoint callback is last: it stores the epoch once
     every other callback is done with it (and the stage clock's record with it)."""
     import keras
@@ -367,7 +392,9 @@ def make_callbacks(cfg: Config, model, stage: Stage, stages: list[Stage], splits
         keras.callbacks.TensorBoard(log_dir=tb_dir(workdir, stage, stages), update_freq="epoch", write_graph=False)
     )
     callbacks.append(clock_callback(clock))
-    callbacks.append(EpochCheckpoint(os.path.join(workdir, resume.CHECKPOINT_DIR), extra=lambda: {"stages": clock.snapshot()}))
+    callbacks.append(
+        EpochCheckpoint(os.path.join(workdir, resume.CHECKPOINT_DIR), extra=lambda: {"stages": clock.snapshot()})
+    )
     return callbacks
 
 

@@ -1,0 +1,116 @@
+"""What a run reports: parts of results.json (schema in README.md) and the summary table it prints."""
+
+from __future__ import annotations
+
+import os
+
+from frep_tf.config import TABLE_I_COLUMNS, Config
+
+
+def method_summary(cfg: Config, plan, clock) -> dict:
+    """results.json `method`: the stages that ran, each with its epochs, wall time and peak memory."""
+    record = clock.snapshot()
+    rows = []
+    for st in plan:
+        r = record.get(st.name, {})
+        rows.append(
+            {
+                "name": st.name,
+                "first_epoch": st.start,
+                "epochs": st.epochs,
+                "kind": st.kind,
+                "objective": st.objective,
+                "lr": st.lr,
+                "lr_schedule": st.schedule if st.kind == "fit" else None,
+                "seconds": r.get("seconds"),
+                "peak_rss_mb": r.get("peak_rss_mb"),
+            }
+        )
+    seconds = [r["seconds"] for r in rows if r["seconds"] is not None]
+    peaks = [r["peak_rss_mb"] for r in rows if r["peak_rss_mb"] is not None]
+    return {
+        "name": cfg.method.method,
+        "epoch_scale": cfg.method.epoch_scale,
+        "stages": rows,
+        "seconds": round(sum(seconds), 3) if seconds else None,
+        "peak_rss_mb": max(peaks) if peaks else None,
+    }
+
+
+def compact_summary(report: dict, records) -> dict:
+    """Parameters, MACs and file bytes of the model before and after its removed channels are taken out."""
+    size = {r.format: r.bytes for r in records}
+    pairs = [("keras", "compact_keras"), ("saved_model", "compact_saved_model"), ("tflite", "compact_tflite")]
+    pairs.append(("tflite_int8_dense", "compact_tflite_int8"))
+    return report | {
+        "bytes": {after: {"before": size.get(before), "after": size[after]} for before, after in pairs if after in size}
+    }
+
+
+def info_dict(info) -> dict:
+    return {
+        "name": info.name,
+        "image_shape": list(info.image_shape),
+        "num_classes": info.num_classes,
+        "num_train": info.num_train,
+        "num_val": info.num_val,
+        "num_test": info.num_test,
+        "augmentation": info.augmentation,
+    }
+
+
+def attack_results(evaluation: dict) -> dict:
+    """{attack: {"accuracy", "samples", "seconds"}} for the attacks run, in the order they ran."""
+    return {k: v for k, v in evaluation.items() if isinstance(v, dict) and "accuracy" in v and k != "worst_case"}
+
+
+def summary_table(results: dict) -> str:
+    """A short Markdown summary: one row shaped like the paper's Table I, sanity, sparsity, exports, time."""
+    ev = results["evaluation"]
+    attacks = attack_results(ev)
+    columns = list(TABLE_I_COLUMNS) + [(k, k) for k in attacks if k not in dict(TABLE_I_COLUMNS)]
+    model = results.get("model", {})
+    name = " ".join(str(model[k]) for k in ("arch", "parameterization") if model.get(k)) or os.path.basename(
+        str(model.get("evaluated_path", "model"))
+    )
+    if "sparsity" in results:
+        name += f" ({100 * results['sparsity']['kernels']:.0f} % sparse)"
+    cells = [f"{100 * attacks[k]['accuracy']:.1f}" if k in attacks else "-" for k, _ in columns]
+    sanity = ev.get("sanity")
+    verdict = "not run" if sanity is None else ("pass" if sanity.get("passed") else "FAIL")
+    lines = [
+        "",
+        "| Model | " + " | ".join(title for _, title in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+        f"| {name} | " + " | ".join(cells) + " |",
+        "",
+        f"accuracy (%) on {next(iter(attacks.values()))['samples']} test examples of {results['dataset']['name']}, "
+        f"epsilon {ev['config']['epsilon']:.4g}; sanity checks: {verdict}",
+    ]
+    if sanity is not None and not sanity.get("passed"):
+        failed = [name for name, c in sanity.get("checks", {}).items() if c.get("passed") is False]
+        lines.append(f"failed checks: {', '.join(failed)} (see results.json)")
+    if "sparsity" in results:
+        s = results["sparsity"]
+        p = results["params"]
+        lines.append(
+            f"sparsity: {100 * s['kernels']:.2f} % of kernel weights, {100 * s['all_parameters']:.2f} % of all "
+            f"parameters; {p['deployed_nonzero']:,} of {p['deployed']:,} parameters non-zero"
+        )
+    for tfl in (results.get("evaluation_tflite") or {}).values():
+        lines.append(
+            f"{tfl['path']}: clean {100 * tfl['clean']['accuracy']:.1f} %, PGD transferred from the Keras model "
+            f"{100 * tfl['transfer_pgd']['accuracy']:.1f} %, Square on the interpreter "
+            f"{100 * tfl['square']['accuracy']:.1f} %"
+        )
+    c = results.get("compact")
+    if c:
+        lines.append(
+            f"compact: {c['params_after']:,} of {c['params_before']:,} parameters, {c['macs_after']:,} of "
+            f"{c['macs_before']:,} MACs per image ({c['channels_after']} of {c['channels_before']} prunable channels)"
+        )
+    for e in results.get("exports", []):
+        lines.append(f"export: {e['path']} ({e['bytes']:,} bytes, max |diff| vs Keras {e['max_abs_diff']:.2g})")
+    t = results["timings"]
+    lines.append("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    return "\n".join(lines)
