@@ -35,11 +35,14 @@ ENSEMBLE_INTERVAL_FROM = ("global", "decay")
 MODES = ("train", "evaluate", "predict", "experiment", "report")
 # frep: the paper's method (and Ori with --parameterization=plain); the baselines of Tables I/II/V;
 # posthoc: the Fig. 8 ablation (train to the end, prune once, no fine-tuning).
-METHODS = ("frep", "lwm", "admm", "hydra", "mad", "posthoc")
-SINGLE_STAGE_METHODS = ("frep", "lwm", "posthoc")
+METHODS = ("frep", "lwm", "admm", "hydra", "mad", "posthoc", "lottery", "iwi")
+IWI_SOURCES = ("lottery", "frep", "lwm", "admm", "hydra", "mad", "posthoc")
+IWI_MAPPINGS = ("sparse", "narrow")
+IWI_FILLS = ("zero", "tiny")
+SINGLE_STAGE_METHODS = ("frep", "lwm", "posthoc", "iwi")
 # What a baseline trains with unless its flag is given (README "Methods"): plain layers, PGD-10, no ensemble.
 BASELINE_DEFAULTS = {"parameterization": "plain", "objective": "pgd", "ensemble": False}
-BASELINES = ("lwm", "admm", "hydra", "mad")
+BASELINES = ("lwm", "admm", "hydra", "mad", "lottery", "iwi")
 
 
 class ConfigError(ValueError):
@@ -139,7 +142,8 @@ class MethodConfig:
     method: str = _f(
         "frep",
         "frep (this paper; Ori with --parameterization=plain) | lwm | admm | hydra | mad (baselines) | posthoc "
-        "(prune once after training, no fine-tuning)",
+        "(prune once after training, no fine-tuning) | lottery (adversarial lottery ticket) | iwi (inverse weights "
+        "inheritance)",
         choices=METHODS,
     )
     pretrain_epochs: int = _f(100, "admm / hydra / mad: dense adversarial pre-training epochs (paper Table V)")
@@ -165,6 +169,24 @@ class MethodConfig:
     sparse_init: bool = _f(
         False, "Sparse-Init (Table VI): plain kernels initialised as the product of two independent draws"
     )
+    rewind_epoch: int = _f(0, "lottery: the epoch of dense training whose weights the ticket inherits (0 = init)")
+    lottery_rounds: int = _f(1, "lottery: pruning rounds, each removing the same fraction of what is left")
+    lottery_reinit: bool = _f(False, "lottery: the control, the same masks with fresh random weights")
+    iwi_source: str = _f(
+        "lottery",
+        "iwi: the method that makes the small sparse network (stage 1, in <workdir>/source)",
+        choices=IWI_SOURCES,
+    )
+    iwi_from: str = _f("", "iwi: take the small network from this exported .keras model instead of training it")
+    iwi_mapping: str = _f(
+        "sparse",
+        "iwi: sparse (same architecture, sparse weights, zero elsewhere) | narrow (a --iwi_source_width network "
+        "into the first channels)",
+        choices=IWI_MAPPINGS,
+    )
+    iwi_source_width: float = _f(0.5, "iwi --iwi_mapping=narrow: the small network's --width")
+    iwi_fill: str = _f("zero", "iwi: what the large network holds where the small one has no weight", choices=IWI_FILLS)
+    iwi_tiny: float = _f(1e-3, "iwi --iwi_fill=tiny: uniform in +-iwi_tiny * max|W| of the source layer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -483,7 +505,7 @@ def _validate_method(cfg: Config) -> None:
             raise _bad(flag, getattr(m, flag), "must be > 0")
     if m.mad_beta < 0:
         raise _bad("mad_beta", m.mad_beta, "must be >= 0")
-    if method != "frep" and p.sparsity == 0:
+    if method != "frep" and p.sparsity == 0 and not (method == "iwi" and m.iwi_from):
         raise _bad("sparsity", p.sparsity, f"--method={method} prunes: give --sparsity in (0, 1)")
     if method not in ("frep", "posthoc") and p.structured:
         raise _bad(
@@ -499,6 +521,29 @@ def _validate_method(cfg: Config) -> None:
         raise _bad("admm_epochs", 0, "--method=admm needs an ADMM stage of at least one epoch")
     if method == "hydra" and m.score_epochs == 0:
         raise _bad("score_epochs", 0, "--method=hydra needs a score-learning stage of at least one epoch")
+    if m.lottery_rounds < 1:
+        raise _bad("lottery_rounds", m.lottery_rounds, "must be a positive integer")
+    if method == "lottery" and not 0 <= m.rewind_epoch < max(scaled_epochs(m.pretrain_epochs, m.epoch_scale), 1):
+        raise _bad(
+            "rewind_epoch", m.rewind_epoch, "must lie in [0, --pretrain_epochs) (0 rewinds to the initialisation)"
+        )
+    if method in ("lottery", "iwi") and cfg.model.parameterization == "channel":
+        raise _bad("parameterization", "channel", f"--method={method} masks or copies single weights: use plain")
+    if method == "iwi":
+        if cfg.model.parameterization != "plain":
+            raise _bad("parameterization", cfg.model.parameterization, "--method=iwi trains a plain large network")
+        if m.iwi_from and not os.path.exists(m.iwi_from):
+            raise _bad("iwi_from", m.iwi_from, "no such file or directory")
+        if m.iwi_mapping == "narrow" and not 0 < m.iwi_source_width < cfg.model.width:
+            raise _bad(
+                "iwi_source_width",
+                m.iwi_source_width,
+                f"must lie in (0, --width={cfg.model.width:g}) for the narrow mapping",
+            )
+        if not m.iwi_tiny > 0:
+            raise _bad("iwi_tiny", m.iwi_tiny, "must be > 0")
+    elif m.iwi_from:
+        raise _bad("iwi_from", m.iwi_from, "only with --method=iwi")
     if m.sparse_init and cfg.model.parameterization != "plain":
         raise _bad("sparse_init", True, "re-initialises plain kernels: use it with --parameterization=plain")
 

@@ -87,3 +87,28 @@ def transfer_pgd(source_model_fn, targets: dict, x, y, cfg: Config) -> dict:
         seed=cfg.run.seed,
         progress=progress_bars(cfg),
     )
+
+
+def input_gradient_l1(model_fn, x, y, batch_size: int = 256, limit: int = 1000) -> dict:
+    """Mean L1 norm of the gradient of the margin (logit of the label minus the largest other logit)
+    with respect to the input, over the first `limit` test points: a local Lipschitz proxy that the
+    sparsity-robustness theory ties to robust accuracy."""
+    import numpy as np
+    import tensorflow as tf
+
+    x, y = x[:limit], y[:limit]
+    norms = []
+    for i in range(0, len(x), batch_size):
+        xb = tf.convert_to_tensor(x[i : i + batch_size], tf.float32)
+        yb = tf.convert_to_tensor(y[i : i + batch_size], tf.int32)
+        with tf.GradientTape() as tape:
+            tape.watch(xb)
+            logits = tf.convert_to_tensor(model_fn(xb))
+            onehot = tf.one_hot(yb, tf.shape(logits)[-1])
+            true = tf.reduce_sum(logits * onehot, -1)
+            other = tf.reduce_max(logits - 1e9 * onehot, -1)
+            margin = tf.reduce_sum(true - other)
+        grad = tape.gradient(margin, xb)
+        norms.append(tf.reduce_sum(tf.abs(tf.reshape(grad, [tf.shape(grad)[0], -1])), -1).numpy())
+    values = np.concatenate(norms) if norms else np.zeros(0)
+    return {"mean": float(values.mean()) if values.size else None, "samples": int(values.size)}

@@ -26,9 +26,9 @@ import numpy as np
 
 from frep_tf import kill_points, resume
 from frep_tf.config import Config, ConfigError, validate
-from frep_tf.final_evaluation import evaluate_classifier, evaluate_deployed, transfer_pgd
+from frep_tf.final_evaluation import evaluate_classifier, evaluate_deployed, input_gradient_l1, transfer_pgd
 from frep_tf.io_utils import fsync_dir, remove, write_json_atomic
-from frep_tf.results import compact_summary, info_dict, method_summary, summary_table
+from frep_tf.results import attack_results, compact_summary, info_dict, method_summary, summary_table
 
 RESULTS_SCHEMA_VERSION = 2  # 2: evaluation_tflite per exported TFLite file; compact; int8_calibration (+ method)
 INT8_CALIBRATION_IMAGES = 256  # training images the int8 exports are calibrated on
@@ -175,7 +175,7 @@ def build_robust_model(cfg: Config, info):
         weight_decay=t.weight_decay,
         ensemble=cfg.ensemble.ensemble,
         seed=cfg.run.seed,
-        **stages_lib.method_state(cfg, reparam_layers(network)),
+        **stages_lib.method_state(cfg, network),
     )
 
 
@@ -256,6 +256,21 @@ def _restore(model, workdir: str):
         ) from None
 
 
+def _source_summary(cfg: Config, source: dict | None) -> dict:
+    """What IWI inherited from: the exported small network and, when stage 1 ran here, its results."""
+    from frep_tf.methods import stages as stages_lib
+
+    out = {"path": stages_lib.iwi_source_path(cfg), "mapping": cfg.method.iwi_mapping, "fill": cfg.method.iwi_fill}
+    if source:
+        out |= {
+            "method": cfg.method.iwi_source,
+            "sparsity": source.get("sparsity"),
+            "accuracy": {k: v["accuracy"] for k, v in attack_results(source.get("evaluation") or {}).items()},
+            "seconds": (source.get("method") or {}).get("seconds"),
+        }
+    return out
+
+
 def _checkpoint_epoch(workdir: str) -> int:
     """Epochs done by the newest checkpoint (0 if none; a damaged one is reported by `_restore`)."""
     from frep_tf.training import checkpoint
@@ -278,10 +293,18 @@ def run_train(cfg: Config) -> dict:
     from frep_tf.training.checkpoint import EpochCheckpoint
     from frep_tf.training.guards import NonFiniteLossError
     from frep_tf.training.pruning import PruningError, kernel_sparsity, layer_densities
-    from frep_tf.weight_stats import weight_histogram
+    from frep_tf.weight_stats import sparsity_measures, weight_histogram
 
     workdir = cfg.run.workdir
     checkpoint_dir = os.path.join(workdir, resume.CHECKPOINT_DIR)
+    source = None
+    if cfg.method.method == "iwi" and not cfg.method.iwi_from:
+        # IWI's stage 1: the small sparse network, an ordinary resumable run in <workdir>/source/.
+        print(
+            f"[frep_tf] iwi stage 1: --method={cfg.method.iwi_source} in {stages_lib.iwi_source_path(cfg)}", flush=True
+        )
+        source = run(stages_lib.iwi_source_config(cfg))
+        _enter_stage("start")
     stages = Stages()
     with stages("setup"):
         strategy = _setup_tf(cfg)
@@ -418,6 +441,9 @@ def run_train(cfg: Config) -> dict:
         else:
             model_fn = lambda x: final(x, training=False)  # noqa: E731
         evaluation = evaluate_classifier(model_fn, x_test, y_test, cfg)
+        evaluation["input_gradient_l1"] = input_gradient_l1(
+            model_fn, x_test, y_test, cfg.data.eval_batch_size, cfg.eval.eval_samples or 1000
+        )
         tflite_evaluation = None
         tflite_files = {r.format: r.path for r in records if r.format in export_lib.TFLITE_FORMATS}
         if cfg.eval.eval_tflite and tflite_files:
@@ -443,6 +469,7 @@ def run_train(cfg: Config) -> dict:
         },
         "sparsity": {"kernels": sparsity["kernels"], "all_parameters": sparsity["all_parameters"]},
         "weight_histogram": weight_histogram(final),  # paper Fig. 7, for reports
+        "sparsity_measures": sparsity_measures(final),
         # What each prunable layer keeps of its weights (its mask; the training network's layer names).
         "pruning": {"layers": masks},
         "evaluation": evaluation,
@@ -462,7 +489,8 @@ def run_train(cfg: Config) -> dict:
             None if representative is None else {"split": "train", "images": int(len(representative))}
         ),
         "compact": compact_summary(compact_report, records) if compact_report else None,
-        "method": method_summary(cfg, plan, clock),
+        "method": method_summary(cfg, plan, clock)
+        | ({"source": _source_summary(cfg, source)} if cfg.method.method == "iwi" else {}),
         "training": {
             "epochs": total_epochs,
             "steps": sum(st.epochs * steps_per_epoch for st in plan if st.kind == "fit"),

@@ -55,3 +55,34 @@ def histogram_of(kernels) -> dict:
 def weight_histogram(model) -> dict:
     """`histogram_of` the Conv2D / Dense kernels of a fused (standard-layer) Keras model."""
     return histogram_of(kernel_arrays(model))
+
+
+NEAR_ZERO_RELATIVE = 1e-3  # |w| <= 1e-3 * max|w| of its layer counts as near zero
+
+
+def sparsity_measures(model, relative: float = NEAR_ZERO_RELATIVE) -> dict:
+    """Exact and near-zero fractions of every Conv2D / Dense kernel of a standard-layer model and
+    overall (near zero: |w| <= relative * max|w| of that layer; scale-free, so layers compare)."""
+    import keras
+
+    layers = {}
+
+    def visit(m):
+        for layer in m.layers:
+            if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+                w = np.abs(np.asarray(layer.kernel, np.float64))
+                top = float(w.max()) if w.size else 0.0
+                layers[layer.name] = {
+                    "total": int(w.size),
+                    "zero": float(np.mean(w == 0)) if w.size else 0.0,
+                    "near_zero": float(np.mean(w <= relative * top)) if w.size else 0.0,
+                }
+            elif hasattr(layer, "layers"):
+                visit(layer)
+
+    visit(model)
+    total = sum(d["total"] for d in layers.values())
+    overall = {
+        k: (sum(d[k] * d["total"] for d in layers.values()) / total if total else 0.0) for k in ("zero", "near_zero")
+    }
+    return {"near_zero_relative": relative, "layers": layers, "overall": overall}

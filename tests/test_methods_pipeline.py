@@ -182,18 +182,14 @@ def _exported(workdir):
     return keras.models.load_model(os.path.join(workdir, "export", "model.keras"), compile=False)
 
 
-@pytest.mark.parametrize("method", ["lwm", "admm", "hydra", "mad", "posthoc"])
-def test_every_method_runs_end_to_end_and_exports_standard_layers(method, tmp_path):
-    import keras
-
-    workdir = tmp_path / method
-    proc = run_main(*TINY, f"--method={method}", *_args(STAGE_EPOCHS[method]), f"--workdir={workdir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def check_run(workdir, method, stage_epochs, sparsity=0.9):
+    """A finished run of `method`: its stages in results.json, standard layers only in the export, and
+    exactly as many non-zero weights per layer as the masks keep."""
     results = json.loads((workdir / "results.json").read_text())
     m = results["method"]
     assert m["name"] == method
     names = [s["name"] for s in m["stages"]]
-    assert names == [s.name for s in stages.plan(cfg_of(method=method, **STAGE_EPOCHS[method]))]
+    assert names == [s.name for s in stages.plan(cfg_of(method=method, **stage_epochs))]
     assert results["training"]["epochs"] == sum(s["epochs"] for s in m["stages"])
     for s in m["stages"]:
         assert s["seconds"] > 0 and s["peak_rss_mb"] > 100, s
@@ -201,23 +197,31 @@ def test_every_method_runs_end_to_end_and_exports_standard_layers(method, tmp_pa
     model = _exported(workdir)
     kinds = {type(layer).__module__.split(".")[0] for layer in model.layers}
     assert kinds == {"keras"}, kinds  # standard layers only
-    # Pruned weights are exactly zero in the exported model, as many as the masks removed.
     layers = results["pruning"]["layers"]
     by_name = {layer.name: layer for layer in model.layers}
     for name, d in layers.items():
-        kernel = np.asarray(by_name[name].kernel)
-        assert np.count_nonzero(kernel) <= d["kept"], name
+        assert np.count_nonzero(np.asarray(by_name[name].kernel)) <= d["kept"], name
     kept = sum(d["kept"] for d in layers.values())
     total = sum(d["total"] for d in layers.values())
-    expected = 0.9 if method != "admm" else None  # ADMM prunes conv layers only (as the original)
-    if expected:
-        assert kept == pytest.approx((1 - expected) * total, abs=len(layers))
-    else:
+    if method == "admm":  # ADMM prunes conv layers only, each by the same ratio (as the original)
         conv = {n: d for n, d in layers.items() if n.startswith("conv")}
-        assert all(d["kept"] == round(0.1 * d["total"]) for d in conv.values())
+        assert all(d["kept"] == round((1 - sparsity) * d["total"]) for d in conv.values())
+    else:
+        assert kept == pytest.approx((1 - sparsity) * total, abs=len(layers))
     if len(names) > 1:
         assert all((workdir / "tb" / n).is_dir() for n in names if n != "saliency")
-    assert keras  # imported for load_model
+    measures = results["sparsity_measures"]
+    assert measures["overall"]["zero"] == pytest.approx(results["sparsity"]["kernels"], abs=1e-6)
+    assert results["evaluation"]["input_gradient_l1"]["mean"] > 0
+    return results
+
+
+@pytest.mark.parametrize("method", ["lwm", "admm", "mad", "posthoc"])
+def test_every_method_runs_end_to_end_and_exports_standard_layers(method, tmp_path):
+    workdir = tmp_path / method
+    proc = run_main(*TINY, f"--method={method}", *_args(STAGE_EPOCHS[method]), f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_run(workdir, method, STAGE_EPOCHS[method])
 
 
 def test_sparse_init_runs_through_main(tmp_path):
@@ -246,19 +250,14 @@ def hydra_reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("hydra_reference")
     proc = run_main(*RESUME, f"--workdir={workdir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    check_run(workdir, "hydra", {"pretrain_epochs": 1, "score_epochs": 3, "finetune_epochs": 1})  # hydra end to end
     return workdir
 
 
-@pytest.mark.parametrize(
-    "kill_at, resumed_in",
-    [
-        ("checkpoint:3", "score"),  # the 3rd checkpoint is the score stage's 2nd epoch: killed inside stage 2
-        # Killed writing the score stage's first checkpoint: the run resumes from the end of pre-training
-        # and starts the score stage afresh (score initialisation again), as if killed between stages.
-        ("checkpoint:2", "pretrain"),
-    ],
-)
-def test_hydra_killed_in_its_second_stage_ends_as_the_uninterrupted_run(hydra_reference, tmp_path, kill_at, resumed_in):
+def test_hydra_killed_in_its_second_stage_ends_as_the_uninterrupted_run(hydra_reference, tmp_path):
+    # The 3rd checkpoint is the score stage's 2nd epoch: killed while writing it, inside stage 2; the run
+    # resumes from the score stage's 1st epoch with the score stage's optimizer.
+    kill_at, resumed_in = "checkpoint:3", "score"
     workdir = tmp_path / "killed"
     proc = run_main(*RESUME, f"--workdir={workdir}", env_extra={"FREP_TF_TEST_KILL_AT": kill_at})
     assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:]

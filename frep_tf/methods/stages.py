@@ -35,6 +35,7 @@ import numpy as np
 from frep_tf.config import BASELINES, Config
 
 DEFAULT_FINETUNE_EPOCHS = {"admm": 100, "hydra": 100, "mad": 139}
+IWI_SOURCE_DIR = "source"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +64,9 @@ def plan(cfg: Config) -> list[Stage]:
     m, t = cfg.method, cfg.train
     method = m.method
     ensemble = cfg.ensemble.ensemble
-    if method not in BASELINES or method == "lwm":
+    if method == "lottery":
+        return _lottery_plan(cfg)
+    if method not in BASELINES or method in ("lwm", "iwi"):
         prune = method in ("frep", "lwm") and cfg.prune.sparsity > 0
         stage = Stage("train", 0, cfg.epochs, lr=t.lr, objective=t.objective, trades_beta=t.trades_beta, prune=prune)
         return [dataclasses.replace(stage, ensemble=ensemble)]
@@ -110,6 +113,23 @@ def plan(cfg: Config) -> list[Stage]:
     return stages
 
 
+def _lottery_plan(cfg: Config) -> list[Stage]:
+    """dense (--pretrain_epochs), then round1..n (--finetune_epochs each, 0 = 100): prune, rewind, train."""
+    from frep_tf.config import scaled_epochs
+
+    m, t = cfg.method, cfg.train
+    common = {"lr": t.lr, "objective": t.objective, "trades_beta": t.trades_beta}
+    dense = scaled_epochs(m.pretrain_epochs, m.epoch_scale)
+    per_round = scaled_epochs(m.finetune_epochs or 100, m.epoch_scale)
+    stages = [Stage("dense", 0, dense, **common)] if dense else []
+    start = dense
+    for k in range(1, m.lottery_rounds + 1):
+        stages.append(Stage(f"round{k}", start, per_round, **common))
+        start += per_round
+    stages[-1] = dataclasses.replace(stages[-1], ensemble=cfg.ensemble.ensemble)
+    return stages
+
+
 def total_epochs(stages: list[Stage]) -> int:
     return stages[-1].end
 
@@ -130,10 +150,12 @@ def admm_interval(cfg: Config) -> int:
     return scaled_epochs(cfg.method.admm_interval, cfg.method.epoch_scale)
 
 
-def method_state(cfg: Config, layers):
+def method_state(cfg: Config, network):
     """The baseline's own state layers, as RobustModel keyword arguments (empty for frep/lwm/posthoc)."""
+    from frep_tf.layers.reparam import reparam_layers
     from frep_tf.methods import admm, hydra, mad
 
+    layers = reparam_layers(network)
     m, sparsity = cfg.method, cfg.prune.sparsity
     if m.method == "admm":
         return {
@@ -145,6 +167,10 @@ def method_state(cfg: Config, layers):
         scores = hydra.HydraScores.for_layers(layers, sparsity, name="hydra_scores")
         scores.trainable = False  # trained only in the score stage
         return {"hydra_scores": scores}
+    if m.method == "lottery":
+        from frep_tf.methods.lottery import LotteryState
+
+        return {"lottery_state": LotteryState.for_network(network, name="lottery_state")}
     if m.method == "mad":
         return {
             "saliency": mad.SaliencyAverage(
@@ -228,6 +254,31 @@ def begin(stage: Stage, model, cfg: Config) -> dict | None:
         )
         masks_lib.apply_masks(model.reparam, masks)
         found = model.reparam
+    elif model.lottery_state is not None and stage.name == "dense":
+        if cfg.method.rewind_epoch == 0:
+            model.lottery_state.take(model.network)  # the ticket inherits the initialisation
+    elif model.lottery_state is not None and stage.name.startswith("round"):
+        from frep_tf.methods import lottery
+
+        k = int(stage.name.removeprefix("round"))
+        target = lottery.round_sparsities(sparsity, cfg.method.lottery_rounds)[k - 1]
+        masks = lottery.prune_round(model.reparam, target, cfg.prune.min_layer_density)  # ranked on trained weights
+        if not bool(model.lottery_state.taken.numpy()):
+            raise RuntimeError("the lottery ticket's rewind copy was never taken")
+        model.lottery_state.rewind(model.network)  # weight inheritance
+        if cfg.method.lottery_reinit:
+            lottery.reinit_kernels(model.reparam, seed=cfg.run.seed + 7919 * k)  # the control
+        masks_lib.apply_masks(model.reparam, masks)
+        found = model.reparam
+    elif cfg.method.method == "iwi" and stage.start == 0:
+        import keras
+
+        from frep_tf.methods import lottery
+
+        source = keras.models.load_model(iwi_source_path(cfg), compile=False)
+        lottery.inherit(model.network, source, fill=cfg.method.iwi_fill, tiny=cfg.method.iwi_tiny, seed=cfg.run.seed)
+        if model.ensemble is not None:
+            copy_fused_weights(model.network, model.ensemble)
     if found is not None:
         model.pruned.assign(True)  # from now on the train step keeps pruned weights at zero
     if stage.ensemble and model.ensemble is not None and stage.start > 0:
@@ -238,6 +289,22 @@ def begin(stage: Stage, model, cfg: Config) -> dict | None:
     if found is None:
         return None
     return layer_densities([layer.name for layer in found], [np.asarray(layer.mask) for layer in found])
+
+
+def iwi_source_path(cfg: Config) -> str:
+    """The small network IWI inherits from: --iwi_from, or stage 1's export in <workdir>/source/."""
+    return cfg.method.iwi_from or os.path.join(cfg.run.workdir, IWI_SOURCE_DIR, "export", "model.keras")
+
+
+def iwi_source_config(cfg: Config) -> Config:
+    """Stage 1 of IWI: an ordinary run of --iwi_source in <workdir>/source/ (its own resumable workdir),
+    with every other setting of this run (narrow mapping: at --iwi_source_width), exporting model.keras."""
+    run = dataclasses.replace(cfg.run, workdir=os.path.join(cfg.run.workdir, IWI_SOURCE_DIR), export="keras")
+    method = dataclasses.replace(cfg.method, method=cfg.method.iwi_source)
+    model = cfg.model
+    if cfg.method.iwi_mapping == "narrow":
+        model = dataclasses.replace(model, width=cfg.method.iwi_source_width)
+    return dataclasses.replace(cfg, run=run, method=method, model=model)
 
 
 def saliency_pass(stage: Stage, model, splits, steps_per_epoch: int, cfg: Config, verbose: int) -> None:
@@ -375,6 +442,10 @@ def make_callbacks(
             callbacks.append(_after_prune_kill_point())
     if stage.step == "admm":
         callbacks.append(admm.ADMMUpdates(model.admm_state, model.admm_layers, first_epoch=stage.start))
+    if model.lottery_state is not None and stage.name == "dense" and cfg.method.rewind_epoch > 0:
+        from frep_tf.methods.lottery import RewindAt
+
+        callbacks.append(RewindAt(model.lottery_state, model.network, cfg.method.rewind_epoch))
     x_val, y_val = _arrays(splits.val, cfg.eval.val_samples)
     callbacks.append(
         EpochMonitor(

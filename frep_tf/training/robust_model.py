@@ -71,6 +71,7 @@ class RobustModel(keras.Model):
         admm_state=None,
         hydra_scores=None,
         saliency=None,
+        lottery_state=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -104,6 +105,7 @@ class RobustModel(keras.Model):
         self.admm_state = admm_state
         self.hydra_scores = hydra_scores
         self.saliency = saliency
+        self.lottery_state = lottery_state
         self.admm_layers = admm_state_layers(self.reparam) if admm_state is not None else []
         # How a step trains (set by the method's stage before it compiles): "standard"; "admm" adds
         # the ADMM penalty to the loss; "score" learns HYDRA's scores through the masks.
