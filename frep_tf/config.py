@@ -521,6 +521,13 @@ def _validate_method(cfg: Config) -> None:
         raise _bad("admm_epochs", 0, "--method=admm needs an ADMM stage of at least one epoch")
     if method == "hydra" and m.score_epochs == 0:
         raise _bad("score_epochs", 0, "--method=hydra needs a score-learning stage of at least one epoch")
+    if method not in ("frep", "lwm", "posthoc") and cfg.run.distribution != "none":
+        raise _bad(
+            "distribution",
+            cfg.run.distribution,
+            f"--method={method} is tested on one device only (HYDRA's masks and MAD's saliency pass assign "
+            "variables inside the step); use --distribution=none",
+        )
     if m.lottery_rounds < 1:
         raise _bad("lottery_rounds", m.lottery_rounds, "must be a positive integer")
     if method == "lottery" and not 0 <= m.rewind_epoch < max(scaled_epochs(m.pretrain_epochs, m.epoch_scale), 1):

@@ -129,6 +129,15 @@ def test_a_stage_of_zero_epochs_is_left_out_and_locate_finds_the_stage_of_a_chec
         ({"finetune_epochs": -1}, "--finetune_epochs=-1"),
         ({"sparse_init": True}, "--sparse_init=True"),
         ({"method": "sgd"}, "--method=sgd"),
+        ({"method": "hydra", "distribution": "mirrored"}, "--distribution=mirrored"),
+        ({"method": "lottery", "rewind_epoch": 100}, "--rewind_epoch=100"),
+        ({"method": "lottery", "lottery_rounds": 0}, "--lottery_rounds=0"),
+        ({"method": "iwi", "parameterization": "hadamard"}, "--parameterization=hadamard"),
+        (
+            {"method": "iwi", "parameterization": "plain", "iwi_mapping": "narrow", "iwi_source_width": 1.0},
+            "--iwi_source_width=1.0",
+        ),
+        ({"iwi_from": "/nonexistent.keras"}, "--iwi_from=/nonexistent.keras"),
         ({"method": "frep", "epochs": 10, "prune_epoch": 30, "epoch_scale": 0.5}, "--prune_epoch=30"),
     ],
 )
