@@ -51,7 +51,17 @@ FIGURES = {
 }
 # parameterization -> the paper's name of the method (Table IV).
 METHOD_NAMES = {"hadamard": "FReP", "channel": "FReP-CH", "plain": "Ori"}
-METHOD_ORDER = ("Ori", "FReP-CH", "FReP")
+# --method values other than frep, as the paper names them.
+BASELINE_NAMES = {
+    "lwm": "LWM",
+    "admm": "ADMM",
+    "hydra": "HYDRA",
+    "mad": "MAD",
+    "posthoc": "Post-hoc",
+    "lottery": "Lottery",
+    "iwi": "IWI",
+}
+METHOD_ORDER = ("Ori (pgd)", "LWM", "ADMM", "HYDRA", "MAD", "Lottery", "IWI", "Post-hoc", "Ori", "FReP-CH", "FReP")
 METHOD_COLORS = {"Ori": "tab:blue", "FReP-CH": "tab:green", "FReP": "tab:red"}
 # Settings that never make two cells different experiments (where data lives, how chatty a run is).
 NOT_SETTINGS = frozenset({"workdir", "data_dir", "download", "verbose", "overwrite", "mode"})
@@ -327,8 +337,12 @@ def method_name(cell: Cell) -> str:
     method = cell.setting("method")
     p = cell.setting("parameterization")
     if method and method != "frep":
-        return str(method) if p in (None, "plain") else f"{method} ({p})"
-    return METHOD_NAMES.get(p, str(p))
+        name = BASELINE_NAMES.get(str(method), str(method))
+        return name if p in (None, "plain") else f"{name} ({p})"
+    name = METHOD_NAMES.get(p, str(p))
+    objective = cell.setting("objective")
+    # The FReP pipeline with another training objective (e.g. dense PGD training): named by it.
+    return name if objective in (None, "sre") else f"{name} ({objective})"
 
 
 def _method_key(name: str):
