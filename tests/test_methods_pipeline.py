@@ -31,15 +31,14 @@ TINY = [
     "--batch_size=64",
     "--val_pgd_steps=1",
     "--val_samples=32",
-    "--eval_attacks=clean,pgd",
-    "--eval_pgd_steps=3",
+    "--eval_attacks=clean",  # these tests are about the methods' stages; the attacks have their own tests
     "--eval_samples=100",
     "--export=keras",
     "--verbose=2",
 ]
 STAGE_EPOCHS = {
     "lwm": {"epochs": 3, "prune_epoch": 1},
-    "posthoc": {"epochs": 2, "parameterization": "hadamard"},
+    "posthoc": {"epochs": 2, "parameterization": "plain", "sparse_init": True},  # Sparse-Init rides along
     "admm": {"pretrain_epochs": 1, "admm_epochs": 2, "admm_interval": 1, "finetune_epochs": 1},
     "hydra": {"pretrain_epochs": 1, "score_epochs": 2, "finetune_epochs": 1},
     "mad": {"pretrain_epochs": 1, "mad_batches": 3, "mad_mask_steps": 2, "finetune_epochs": 1},
@@ -231,15 +230,9 @@ def test_every_method_runs_end_to_end_and_exports_standard_layers(method, tmp_pa
     proc = run_main(*TINY, f"--method={method}", *_args(STAGE_EPOCHS[method]), f"--workdir={workdir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_run(workdir, method, STAGE_EPOCHS[method])
-
-
-def test_sparse_init_runs_through_main(tmp_path):
-    proc = run_main(
-        *TINY, "--parameterization=plain", "--sparse_init", "--epochs=2", "--prune_epoch=1", f"--workdir={tmp_path}"
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((tmp_path / "config.json").read_text())["method"]["sparse_init"] is True
-    assert json.loads((tmp_path / "results.json").read_text())["sparsity"]["kernels"] == pytest.approx(0.9, abs=1e-3)
+    if method == "posthoc":  # plain kernels drawn as products of two draws (Table VI), then pruned after training
+        assert json.loads((workdir / "config.json").read_text())["method"]["sparse_init"] is True
+        assert "prune" in json.loads((workdir / "results.json").read_text())["timings"]
 
 
 # -- kills inside and between stages --------------------------------------------------------------
