@@ -332,6 +332,22 @@ def read_scalars(log_dir: str) -> dict[str, dict[int, float]]:
 # Rows and statistics
 
 
+def epoch_marks(cell: Cell, sparsity) -> list[tuple[int, str]]:
+    """(0-based epoch, label) of the moments a Fig. 5 panel marks: where each stage of a multi-stage method
+    begins (from results.json), or the one-shot prune of frep / lwm (--prune_epoch after --epoch_scale)."""
+    stages = ((cell.results or {}).get("method") or {}).get("stages") or []
+    if len(stages) > 1:
+        return [(s["first_epoch"], s["name"]) for s in stages[1:]]
+    method = cell.setting("method") or "frep"
+    prune_epoch = cell.setting("prune_epoch")
+    if not sparsity or method not in ("frep", "lwm"):
+        return []
+    from frep_tf.config import Config, scaled_epochs
+
+    prune_epoch = Config().prune.prune_epoch if prune_epoch is None else prune_epoch
+    return [(scaled_epochs(prune_epoch, cell.setting("epoch_scale") or 1.0), "prune")]
+
+
 def method_name(cell: Cell) -> str:
     """FReP / FReP-CH / Ori from the parameterization; a `method` setting other than frep names itself."""
     method = cell.setting("method")
@@ -702,12 +718,11 @@ def figure_ensemble_vs_network(rows: list[Row], scalars: dict[str, dict], path: 
                 bbox={"facecolor": "white", "edgecolor": "none"},
             )  # fmt: skip
             bottom.set_yticks([])
-        prune_epoch = row.cells[0].setting("prune_epoch")
-        if row.sparsity and prune_epoch is not None:
+        for i, (epoch, label) in enumerate(epoch_marks(row.cells[0], row.sparsity)):
             for ax in (top, bottom):
-                ax.axvline(prune_epoch + 0.5, color="k", linestyle=":", linewidth=1)
-            top.annotate(
-                "prune", (prune_epoch + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                ax.axvline(epoch + 0.5, color="k", linestyle=":", linewidth=1)
+            top.annotate(  # labels of neighbouring marks alternate in height so that they never overlap
+                label, (epoch + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(3, -12 - 11 * (i % 2)),
                 textcoords="offset points", fontsize="small",
             )  # fmt: skip
         _set_wrapped_title(top, f"{_row_label(row)} (n={n})")
