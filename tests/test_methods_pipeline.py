@@ -322,3 +322,24 @@ def test_pruned_weights_stay_exactly_zero_in_the_fine_tuning_stage(method, stage
             v = np.asarray(v)
             assert np.all(v[mask == 0] == 0), layer.name  # exactly zero, weight decay and momentum included
             assert np.any(v[mask == 1] != o[mask == 1]), layer.name  # and the kept weights did train
+
+
+def test_report_names_methods_and_marks_their_stages():
+    from frep_tf.experiments.report import Cell, epoch_marks, method_name
+
+    def cell(config, results=None):
+        return Cell("c", "/nonexistent", {}, config=config, results=results)
+
+    hydra = cell(
+        {"method": "hydra", "parameterization": "plain", "objective": "pgd"},
+        {"method": {"stages": [{"name": "pretrain", "first_epoch": 0}, {"name": "score", "first_epoch": 10},
+                               {"name": "finetune", "first_epoch": 12}]}},
+    )  # fmt: skip
+    assert method_name(hydra) == "HYDRA"
+    assert epoch_marks(hydra, 0.99) == [(10, "score"), (12, "finetune")]
+    frep = cell(
+        {"method": "frep", "parameterization": "hadamard", "objective": "sre", "prune_epoch": 30, "epoch_scale": 0.1}
+    )
+    assert method_name(frep) == "FReP" and epoch_marks(frep, 0.99) == [(3, "prune")]
+    dense = cell({"method": "frep", "parameterization": "plain", "objective": "pgd", "prune_epoch": 30})
+    assert method_name(dense) == "Ori (pgd)" and epoch_marks(dense, 0.0) == []
