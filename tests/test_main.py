@@ -11,8 +11,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_main(*args, timeout=900):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+def run_main(*args, env_extra=None, timeout=900):
+    """`python main.py ARGS` in a subprocess (no test kill point unless `env_extra` sets one)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.pop("FREP_TF_TEST_KILL_AT", None)
+    env.update(env_extra or {})
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "main.py"), *args],
         cwd=ROOT,

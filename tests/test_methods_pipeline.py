@@ -9,16 +9,13 @@ results and weights (--deterministic).
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from frep_tf.config import Config, ConfigError, validate
 from frep_tf.methods import stages
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.test_main import run_main  # noqa: F401 (also used by test_methods_lottery)
 
 TINY = [
     "--dataset=digits",
@@ -47,20 +44,6 @@ STAGE_EPOCHS = {
 
 def _args(values: dict) -> list[str]:
     return [f"--{k}={v}" for k, v in values.items()]
-
-
-def run_main(*args, env_extra=None, timeout=900):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    env.pop("FREP_TF_TEST_KILL_AT", None)
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "main.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 def cfg_of(**flat):
