@@ -14,6 +14,8 @@ An experiment file is a text file a person reads and edits:
 - `axis FLAG = v1 | v2 | ...` adds an axis; values are separated by `|` (flag values may contain
   commas). `axis FLAG1 FLAG2 = a1 b1 | a2 b2` is one axis that sets several flags together, e.g.
   `axis sparsity structured = 0.9 false | 0.5 true` (values separated by whitespace).
+- An axis line that ends with `=` or `|` continues on the next line (one value per line reads well
+  for multi-flag axes that list their cells one by one).
 - `#` starts a comment; blank lines are ignored.
 The cells are the product of the axes, the first axis varying slowest. A cell is named after its
 axis values (`parameterization=plain,sparsity=0.9,seed=0`) and runs in `cells/<name>/` of the
@@ -111,10 +113,7 @@ def parse(path: str) -> Experiment:
     except (OSError, UnicodeDecodeError) as exc:
         raise ExperimentError(f"--experiment={path}: cannot be read ({exc})") from None
     base_args, base_lines, axes, seen = [], [], [], {}
-    for number, raw in enumerate(lines, start=1):
-        text = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("--") else _strip_comment(raw)
-        if not text:
-            continue
+    for number, text in _logical_lines(lines):
         where = f"{apath}:{number}"
         if text.startswith("--"):
             match = _FLAG.match(text)
@@ -161,6 +160,26 @@ def parse(path: str) -> Experiment:
         raise ExperimentError(f"{apath}: empty experiment: no flags and no axes")
     name = os.path.splitext(os.path.basename(apath))[0]
     return Experiment(apath, name, tuple(base_args), tuple(base_lines), tuple(axes))
+
+
+def _logical_lines(lines: list[str]):
+    """(first line number, text without comment) per non-blank line; an axis line ending with `=` or `|`
+    takes the following lines until one does not end so."""
+    pending, start = None, 0
+    for number, raw in enumerate(lines, start=1):
+        text = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("--") else _strip_comment(raw)
+        if not text:
+            continue
+        if pending is not None:
+            pending, text = None, pending + " " + text
+        else:
+            start = number
+        if text.startswith("axis") and text.endswith(("=", "|")):
+            pending = text
+            continue
+        yield start, text
+    if pending is not None:
+        yield start, pending
 
 
 def _strip_comment(raw: str) -> str:
