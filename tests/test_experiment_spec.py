@@ -46,6 +46,26 @@ def test_values_may_hold_commas_and_flagfiles_resolve_next_to_the_file(tmp_path)
     assert [c.flags["eval_attacks"] for c in experiment.cells()] == ["clean,pgd", "clean,fgsm,pgd"]
 
 
+def test_an_axis_line_ending_in_equals_or_bar_continues_on_the_next_line(tmp_path):
+    path = _write(
+        tmp_path,
+        "--dataset=digits\naxis sparsity structured =\n  0.9 false |   # one cell per line\n\n  0.5 true\n"
+        "axis seed = 0 |\n 1\n--arch=small_cnn\n",
+    )
+    experiment = spec.parse(str(path))
+    assert experiment.base_args == ("--dataset=digits", "--arch=small_cnn")
+    assert [(c.flags["sparsity"], c.flags["structured"], c.flags["seed"]) for c in experiment.cells()] == [
+        ("0.9", "false", "0"),
+        ("0.9", "false", "1"),
+        ("0.5", "true", "0"),
+        ("0.5", "true", "1"),
+    ]
+    assert experiment.cells()[0].lines == {"sparsity": 2, "structured": 2, "seed": 6}
+    dangling = _write(tmp_path, "--dataset=digits\naxis seed = 0 |\n", name="dangling.cfg")
+    with pytest.raises(spec.ExperimentError, match=f"{dangling}:2: .*empty value"):
+        spec.parse(str(dangling))
+
+
 @pytest.mark.parametrize(
     "text, line, needle",
     [
