@@ -48,6 +48,7 @@ FIGURES = {
     "fig8": "fig8_robust_vs_sparsity.png",
     "fig7": "fig7_weight_distribution.png",
     "fig5": "fig5_ensemble_vs_network.png",
+    "lipschitz": "fig_robust_vs_input_gradient.png",
 }
 # parameterization -> the paper's name of the method (Table IV).
 METHOD_NAMES = {"hadamard": "FReP", "channel": "FReP-CH", "plain": "Ori"}
@@ -121,6 +122,10 @@ class Row:
     structured: bool
     others: dict[str, Any]
     cells: list[Cell]
+    # The settings a label names: those of `others` that differ from the value most rows share (all of
+    # them where no value is the most common), so a grid listing many flags per cell labels its rows
+    # by what sets them apart.
+    shown: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -386,7 +391,24 @@ def build_rows(cells: list[Cell], axes: list[tuple[str, list]]) -> list[Row]:
         rows.setdefault(key, Row(key, method, sparsity, structured, other, [])).cells.append(cell)
     for row in rows.values():
         row.cells.sort(key=lambda c: _sort_key(c.setting(REPLICATE_AXIS)))
-    return [rows[k] for k in sorted(rows)]
+    ordered = [rows[k] for k in sorted(rows)]
+    common = common_settings(ordered)
+    for row in ordered:
+        row.shown = {k: v for k, v in row.others.items() if k not in common or common[k] != v}
+    return ordered
+
+
+def common_settings(rows: list[Row]) -> dict[str, Any]:
+    """{flag: value} of the other axes where one value is shared by more rows than any other value."""
+    common = {}
+    for flag in rows[0].others if rows else ():
+        counts: dict[str, list] = {}
+        for row in rows:
+            counts.setdefault(repr(row.others[flag]), []).append(row.others[flag])
+        ranked = sorted(counts.values(), key=len, reverse=True)
+        if len(ranked) > 1 and len(ranked[0]) > len(ranked[1]):
+            common[flag] = ranked[0][0]
+    return common
 
 
 def mean_std(values) -> tuple[float, float | None, int]:
@@ -487,7 +509,7 @@ def _sparsity_label(sparsity, structured: bool) -> str:
 
 def _row_label(row: Row) -> str:
     parts = [row.method, _sparsity_label(row.sparsity, row.structured)]
-    parts += [f"{k}={v}" for k, v in row.others.items()]
+    parts += [f"{k}={v}" for k, v in row.shown.items()]
     return ", ".join(parts)
 
 
@@ -537,8 +559,14 @@ def _series_label(row: Row, with_sparsity: bool = False) -> str:
     parts = [row.method + (" (structured)" if row.structured else "")]
     if with_sparsity:
         parts.append(_sparsity_label(row.sparsity, row.structured).replace(" channels", ""))
-    parts += [f"{k}={v}" for k, v in row.others.items()]
+    parts += [f"{k}={v}" for k, v in row.shown.items()]
     return ", ".join(parts)
+
+
+def _trained_sparsity(row: Row):
+    """Where a row sits on a sparsity axis: its target sparsity, except IWI, whose --sparsity is the
+    small source network's and whose trained network is dense (plotted at 0 %, next to its control)."""
+    return 0.0 if row.method.startswith(BASELINE_NAMES["iwi"]) else row.sparsity
 
 
 def figure_robust_vs_sparsity(rows: list[Row], path: str, dataset: str) -> bool:
@@ -556,12 +584,17 @@ def figure_robust_vs_sparsity(rows: list[Row], path: str, dataset: str) -> bool:
         for row in rows:
             m, s, n = mean_std(_accuracy(c.results, attack) for c in row.cells)
             if n and row.sparsity is not None:
-                lines.setdefault(_series_label(row), []).append((100 * row.sparsity, 100 * m, 100 * (s or 0), row))
+                label = _series_label(row)
+                if _trained_sparsity(row) != row.sparsity:
+                    label += f" (dense; its source {_sparsity_label(row.sparsity, row.structured)} sparse)"
+                x = 100 * _trained_sparsity(row)
+                lines.setdefault(label, []).append((x, 100 * m, 100 * (s or 0), row))
         ticks = sorted({p[0] for points in lines.values() for p in points})
         # Lines sit side by side by a hair, so error bars at the same sparsity do not hide each other.
         span = (ticks[-1] - ticks[0]) if len(ticks) > 1 else 10.0
         dodge = 0.012 * span
         seen: dict[tuple, int] = {}  # series of one method and kind tell themselves apart by marker
+        label_of = {id(points): label for label, points in lines.items()}
         for i, points in enumerate(lines.values()):
             points.sort(key=lambda p: p[0])
             shift = (i - (len(lines) - 1) / 2) * dodge
@@ -571,7 +604,7 @@ def figure_robust_vs_sparsity(rows: list[Row], path: str, dataset: str) -> bool:
                 [p[0] + shift for p in points],
                 [p[1] for p in points],
                 yerr=[p[2] for p in points],
-                label=_series_label(first),
+                label=label_of[id(points)],
                 color=colors[first.method],
                 linestyle=("--" if first.structured else "-") if k == 0 else (":" if first.structured else "-."),
                 marker=("sXP" if first.structured else "o^Dv")[k % (3 if first.structured else 4)],
@@ -661,7 +694,7 @@ def figure_weight_distribution(rows: list[Row], path: str, dataset: str) -> tupl
             ax.set_ylim(0, peak * (1.15 + 0.1 * len(members)))
         first = members[0][0]
         title = _sparsity_label(first.sparsity, first.structured)
-        title += "".join(f", {k}={v}" for k, v in first.others.items())
+        title += "".join(f", {k}={v}" for k, v in first.shown.items())
         _set_wrapped_title(ax, f"target sparsity {title}")
         ax.set_xlabel("log10 |w| of non-zero kernel weights")
         ax.set_ylabel("% of non-zero weights per 0.1 decade")
@@ -744,6 +777,114 @@ def figure_ensemble_vs_network(rows: list[Row], scalars: dict[str, dict], path: 
     return True
 
 
+def _measures(cell: Cell) -> dict:
+    """The second paper's sparsity measures of a cell's exported model, and its validation robustness:
+    {zero, near_zero (fractions), input_gradient_l1, val_pgd (last epoch, of the evaluated model), robust
+    (AutoAttack, else PGD, accuracy on the test images)}; None where the cell did not record it."""
+    r = cell.results or {}
+    overall = (r.get("sparsity_measures") or {}).get("overall") or {}
+    gradient = (r.get("evaluation") or {}).get("input_gradient_l1") or {}
+    final = (r.get("training") or {}).get("final_epoch") or {}
+    ensemble = (r.get("model") or {}).get("evaluated") == "ensemble"
+    val = final.get("val_ensemble_pgd_acc") if ensemble else None
+    robust = _accuracy(r, "autoattack")
+    return {
+        "zero": overall.get("zero"),
+        "near_zero": overall.get("near_zero"),
+        "input_gradient_l1": gradient.get("mean"),
+        "val_pgd": val if val is not None else final.get("val_pgd_acc"),
+        "robust": robust if robust is not None else _accuracy(r, "pgd"),
+        "robust_attack": "AA" if robust is not None else "PGD",
+    }
+
+
+def measures_table(rows: list[Row]) -> list[str]:
+    """Markdown lines: per row, the sparsity measures next to validation and test robustness ([] if no
+    finished cell recorded them)."""
+    if not any(_measures(c)["near_zero"] is not None for r in rows for c in r.cells):
+        return []
+    body = []
+    for row in rows:
+        m = [_measures(c) for c in row.cells]
+        cols = [_pm(*mean_std(x[k] for x in m)[:2], 100) for k in ("zero", "near_zero")]
+        cols.append(_pm(*mean_std(x["input_gradient_l1"] for x in m)[:2], 1, 2))
+        cols.append(_pm(*mean_std(x["val_pgd"] for x in m)[:2], 100))
+        attacks = sorted({x["robust_attack"] for x in m if x["robust"] is not None})
+        robust = _pm(*mean_std(x["robust"] for x in m)[:2], 100)
+        cols.append(f"{robust} ({'/'.join(attacks)})" if attacks else "-")
+        body.append([_row_label(row), str(len(row.cells)), *cols])
+    near = sorted(
+        {(c.results.get("sparsity_measures") or {}).get("near_zero_relative") for r in rows for c in r.cells} - {None}
+    )
+    val = sorted({(c.results.get("dataset") or {}).get("num_val") for r in rows for c in r.cells} - {None})
+    return [
+        "## Sparsity measures and robustness",
+        "",
+        *_md_table(
+            [
+                "Row",
+                "n",
+                "Exact zeros (%)",
+                "Near-zero (%)",
+                "Input-gradient L1",
+                "Val. PGD, last epoch (%)",
+                "Test robust (%)",
+            ],
+            body,
+            ["l", "r", "r", "r", "r", "r", "r"],
+        ),
+        "",
+        "Of the exported Conv2D / Dense kernels: exact zeros, and near-zero weights (|w| <= "
+        f"{' / '.join(f'{x:g}' for x in near) or '?'} x the layer's max |w|); input-gradient L1: mean L1 norm "
+        "of the gradient of the margin (true-class logit minus the largest other) with respect to the input at "
+        "test points, a local Lipschitz proxy (lower = flatter); Val. PGD: the last epoch's validation PGD "
+        f"accuracy (`--val_pgd_steps`, on `--val_samples` of the {' / '.join(map(str, val)) or '?'} held-out "
+        "training images: what a choice between settings may be made on); Test robust: AutoAttack where the "
+        "cell ran it, else PGD. Mean ± std over seeds.",
+        "",
+    ]
+
+
+def figure_robust_vs_input_gradient(rows: list[Row], path: str, dataset: str) -> bool:
+    """Test robust accuracy (AutoAttack, else PGD) against the input-gradient L1 of each finished cell,
+    a marker per table row: does the Lipschitz proxy track robustness?"""
+    points = [
+        (row, m)
+        for row in rows
+        for c in row.cells
+        if (m := _measures(c))["input_gradient_l1"] is not None and m["robust"] is not None
+    ]
+    if not points:
+        return False
+    colors = _colors(rows)
+    fig = _new_figure(6.4, 4.8)
+    ax = fig.subplots()
+    markers = "oDs^v<>PXhp*"
+    seen: dict[str, int] = {}
+    for row in rows:
+        mine = [m for r, m in points if r is row]
+        if not mine:
+            continue
+        k = seen[row.method] = seen.get(row.method, -1) + 1
+        ax.scatter(
+            [m["input_gradient_l1"] for m in mine],
+            [100 * m["robust"] for m in mine],
+            color=colors[row.method],
+            marker=markers[k % len(markers)],
+            s=46,
+            label=f"{_row_label(row)} ({'/'.join(sorted({m['robust_attack'] for m in mine}))})",
+        )
+    ax.set_xlabel("mean L1 norm of the input gradient of the margin (test points)")
+    ax.set_ylabel("test robust accuracy (%)")
+    ax.grid(alpha=0.3)
+    labels = ax.get_legend_handles_labels()
+    fig.set_figheight(fig.get_figheight() + 0.22 * len(labels[1]))
+    fig.legend(*labels, loc="outside lower center", ncols=1, fontsize="small")
+    fig.suptitle(f"{dataset}: robustness vs the input-gradient norm, one point per cell")
+    _save(fig, path)
+    return True
+
+
 # ---------------------------------------------------------------------------------------------------
 # The report
 
@@ -790,6 +931,9 @@ def write_report(workdir: str) -> dict:
         path = os.path.join(figures_dir, FIGURES["fig5"])
         if figure_ensemble_vs_network(rows, scalars, path, dataset):
             figures["fig5"] = path
+        path = os.path.join(figures_dir, FIGURES["lipschitz"])
+        if figure_robust_vs_input_gradient(rows, path, dataset):
+            figures["lipschitz"] = path
         no_curves = [c.name for c in finished if "val_pgd_acc" not in scalars.get(c.name, {})]
         if no_curves:
             problems.append(f"no per-epoch validation curves (tb/frep) for: {', '.join(no_curves)}")
@@ -848,10 +992,25 @@ def _markdown(workdir, experiment, cells, axes, rows, summaries, columns, figure
         out += ["No cell has finished yet.", ""]
     else:
         extra = list(rows[0].others)
-        header = ["Method", "Sparsity", *extra, *[t for _, t in columns], "n", "Deployed size", "Measured sparsity"]
+        # Up to two other axes get a column each; more (a grid listing many flags per cell) get one
+        # Settings column with what sets each row apart (Row.shown).
+        settings_column = len(extra) > 2
+        header = [
+            "Method",
+            "Sparsity",
+            *(["Settings"] if settings_column else extra),
+            *[t for _, t in columns],
+            "n",
+            "Deployed size",
+            "Measured sparsity",
+        ]
         body = []
         for row, s in zip(rows, summaries, strict=True):
-            line = [row.method, _sparsity_label(row.sparsity, row.structured), *[str(row.others[k]) for k in extra]]
+            line = [row.method, _sparsity_label(row.sparsity, row.structured)]
+            if settings_column:
+                line.append(", ".join(f"{k}={v}" for k, v in row.shown.items()) or "-")
+            else:
+                line += [str(row.others[k]) for k in extra]
             for attack, _ in columns:
                 a = s["accuracy"].get(attack)
                 cell = _pm(a["mean"], a["std"], 100) if a else "-"
@@ -864,25 +1023,37 @@ def _markdown(workdir, experiment, cells, axes, rows, summaries, columns, figure
             m = s["measured_sparsity"]
             line.append(_pm(m["mean"], m["std"], 100, 2) + " %" if m else "-")
             body.append(line)
-        align = ["l", "l", *["l"] * len(extra), *["r"] * len(columns), "r", "r", "r"]
+        align = ["l", "l", *["l"] * (1 if settings_column else len(extra)), *["r"] * len(columns), "r", "r", "r"]
         out += _md_table(header, body, align)
         out += [""] + _table_notes(finished, columns) + [""]
+        common = common_settings(rows)
+        if settings_column and common:
+            out += [
+                "Settings: what sets a row apart; a row that does not name a setting has "
+                + ", ".join(f"{k}={v}" for k, v in common.items())
+                + ".",
+                "",
+            ]
         bad = [
             c.name for c in finished if ((c.results.get("evaluation") or {}).get("sanity") or {}).get("passed") is False
         ]
         if bad:
             out += [f"Sanity checks failed (see each cell's results.json): {', '.join(bad)}.", ""]
 
+    out += measures_table(rows)
     if figures:
         out += ["## Figures", ""]
         captions = {
-            "fig8": "Robust accuracy vs target sparsity, mean ± std over seeds (paper Fig. 8).",
+            "fig8": "Robust accuracy vs target sparsity, mean ± std over seeds (paper Fig. 8); an IWI row sits "
+            "at 0 % (the network it trains is dense; its --sparsity is the source network's).",
             "fig7": "Distribution of the exported (fused) kernel weights, log10 |w| of the non-zero ones; "
             "exact zeros are counted in the legend (paper Fig. 7).",
             "fig5": "Validation PGD accuracy per epoch of the network and of its temporal ensemble, and the "
             "ensemble divergence Delta (paper Eq. 14), mean over seeds (paper Fig. 5).",
+            "lipschitz": "Test robust accuracy against the mean L1 norm of the input gradient of the margin, "
+            "one point per finished cell (the second paper's Lipschitz argument for sparsity).",
         }
-        for key in ("fig8", "fig7", "fig5"):
+        for key in ("fig8", "fig7", "fig5", "lipschitz"):
             if key in figures:
                 rel = os.path.relpath(figures[key], workdir)
                 out += [f"![{FIGURES[key]}]({rel})", "", captions[key], ""]
