@@ -547,6 +547,13 @@ def _validate_method(cfg: Config) -> None:
                 m.iwi_source_width,
                 f"must lie in (0, --width={cfg.model.width:g}) for the narrow mapping",
             )
+        if m.iwi_mapping == "narrow" and m.iwi_fill == "zero":
+            raise _bad(
+                "iwi_fill",
+                "zero",
+                "with --iwi_mapping=narrow the zero-filled extra channels get no gradient and never train: "
+                "use --iwi_fill=tiny",
+            )
         if not m.iwi_tiny > 0:
             raise _bad("iwi_tiny", m.iwi_tiny, "must be > 0")
     elif m.iwi_from:

@@ -119,6 +119,10 @@ def test_a_stage_of_zero_epochs_is_left_out_and_locate_finds_the_stage_of_a_chec
             {"method": "iwi", "parameterization": "plain", "iwi_mapping": "narrow", "iwi_source_width": 1.0},
             "--iwi_source_width=1.0",
         ),
+        (
+            {"method": "iwi", "parameterization": "plain", "iwi_mapping": "narrow", "iwi_source_width": 0.25},
+            "--iwi_fill=zero",
+        ),
         ({"iwi_from": "/nonexistent.keras"}, "--iwi_from=/nonexistent.keras"),
         ({"method": "frep", "epochs": 10, "prune_epoch": 30, "epoch_scale": 0.5}, "--prune_epoch=30"),
     ],

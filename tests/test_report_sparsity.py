@@ -121,8 +121,7 @@ def test_labels_name_only_the_settings_that_set_a_row_apart(grid):
 
 def test_a_value_no_more_common_than_another_is_named_on_every_row():
     rows = [
-        report.Row((i,), "FReP", 0.9, False, {"objective": objective}, [])
-        for i, objective in enumerate(("pgd", "sre"))
+        report.Row((i,), "FReP", 0.9, False, {"objective": objective}, []) for i, objective in enumerate(("pgd", "sre"))
     ]
     assert report.common_settings(rows) == {}
 
