@@ -16,7 +16,7 @@ from typing import Any
 OBJECTIVES = ("sre", "fgsm", "pgd", "trades", "mart", "natural")
 PARAMETERIZATIONS = ("hadamard", "channel", "plain")
 FACTOR_INITS = ("random", "equal", "ones")
-ARCHITECTURES = ("vgg16", "resnet18", "resnet34", "resnet50", "wrn28_10", "wrn28_4", "small_cnn")
+ARCHITECTURES = ("vgg16", "resnet18", "resnet34", "resnet50", "wrn28_10", "wrn28_4", "small_cnn", "mlp")
 PRUNE_SCHEDULES = ("oneshot", "gradual")
 ATTACK_BN_MODES = ("train", "eval")
 EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_sparse", "tflite_int8", "tflite_int8_dense", "compact")
@@ -194,6 +194,14 @@ class EvalConfig:
     eval_attacks: str = _f("clean,fgsm,pgd", "comma-separated attacks for the final evaluation")
     eval_pgd_steps: int = _f(50, "PGD and MIM steps of the final evaluation (paper: 50)")
     eval_samples: int = _f(0, "test examples attacked; 0 = the full test split")
+    eval_pgd_restarts: int = _f(
+        1, "random restarts of the final PGD (a point counts as robust only if every restart fails)"
+    )
+    eval_autoattack_samples: int = _f(
+        0,
+        "AutoAttack (and apgd-ce / apgd-t / fab-t) on the first this-many of the attacked test examples, with clean "
+        "and PGD on the same subset for its sanity checks; 0 = all of them",
+    )
     val_pgd_steps: int = _f(10, "PGD steps of the per-epoch validation robustness (TensorBoard)")
     val_samples: int = _f(512, "validation examples attacked each epoch")
     model: str = _f("", "--mode=evaluate|predict: a .keras file, SavedModel directory or .tflite file")
@@ -418,7 +426,13 @@ def validate(cfg: Config) -> Config:
     ]:
         if value < 1:
             raise _bad(flag, value, "must be a positive integer")
-    for flag, value in [("eval_samples", ev.eval_samples), ("val_samples", ev.val_samples)]:
+    if ev.eval_pgd_restarts < 1:
+        raise _bad("eval_pgd_restarts", ev.eval_pgd_restarts, "must be a positive integer")
+    for flag, value in [
+        ("eval_samples", ev.eval_samples),
+        ("val_samples", ev.val_samples),
+        ("eval_autoattack_samples", ev.eval_autoattack_samples),
+    ]:
         if value < 0:
             raise _bad(flag, value, "must be >= 0 (0 = all)")
     formats = cfg.export_formats

@@ -14,21 +14,49 @@ def progress_bars(cfg: Config) -> bool:
     return cfg.run.verbose == 1 or (cfg.run.verbose < 0 and sys.stdout.isatty())
 
 
-def evaluate_classifier(model_fn, x, y, cfg: Config):
-    from frep_tf import evaluation
+AUTOATTACK_FAMILY = ("autoattack", "apgd-ce", "apgd-t", "fab-t")
 
+
+def evaluate_classifier(model_fn, x, y, cfg: Config):
+    """The final evaluation: every --eval_attacks attack on the first --eval_samples test examples;
+    with --eval_autoattack_samples, the AutoAttack family runs on a fixed leading subset instead, in a
+    second evaluation that repeats clean and PGD on that subset (so its sanity checks compare attacks on
+    the same points). That evaluation is kept under "autoattack_subset"; its AutoAttack entries are
+    copied to the top level (their "samples" says how many points they saw)."""
     n = cfg.eval.eval_samples
     if n:
         x, y = x[:n], y[:n]
+    subset = cfg.eval.eval_autoattack_samples
+    attacks = cfg.attacks
+    family = [a for a in attacks if a in AUTOATTACK_FAMILY]
+    split = bool(family) and 0 < subset < len(y)
+    main = _evaluate(model_fn, x, y, cfg, [a for a in attacks if a not in family] if split else attacks)
+    if not split:
+        return main
+    aa = _evaluate(model_fn, x[:subset], y[:subset], cfg, ["clean", "pgd", *family])
+    for name in family:
+        main[name] = aa[name]
+    main["autoattack_subset"] = aa
+    if "sanity" in main and "sanity" in aa:  # the run's verdict covers both evaluations
+        passed = bool(aa["sanity"]["passed"])
+        main["sanity"]["checks"]["autoattack_subset"] = {"passed": passed, "samples": int(subset)}
+        main["sanity"]["passed"] = bool(main["sanity"]["passed"]) and passed
+    return main
+
+
+def _evaluate(model_fn, x, y, cfg: Config, attacks):
+    from frep_tf import evaluation
+
     return evaluation.evaluate_model(
         model_fn,
         x,
         y,
-        attacks=cfg.attacks,
+        attacks=attacks,
         epsilon=cfg.train.epsilon,
         batch_size=cfg.data.eval_batch_size,
         seed=cfg.run.seed,
         pgd_steps=cfg.eval.eval_pgd_steps,
+        pgd_restarts=cfg.eval.eval_pgd_restarts,
         mim_steps=cfg.eval.eval_pgd_steps,
         progress=progress_bars(cfg),
     )

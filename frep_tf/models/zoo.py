@@ -23,8 +23,9 @@ VGG_SPECS = {
     "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
 }
 SMALL_CNN_FILTERS = (32, 64, 128)
+MLP_HIDDEN = (512, 512)  # the CPU proving ground: 784-512-512-10 on Fashion-MNIST
 
-ARCHITECTURES = (*VGG_SPECS, *RESNET_SPECS, *WRN_SPECS, "small_cnn")
+ARCHITECTURES = (*VGG_SPECS, *RESNET_SPECS, *WRN_SPECS, "small_cnn", "mlp")
 
 _BN = dict(momentum=0.9, epsilon=1e-5)  # PyTorch's BatchNorm2d defaults, as in the reference results
 
@@ -135,11 +136,24 @@ def _small_cnn(x, f, num_classes, width, arch):
     return f.dense(num_classes, name="head_dense")(x)
 
 
+# -- An MLP: the CPU proving ground -------------------------------------------------------------
+def _mlp(x, f, num_classes, width, arch):
+    """Flatten, then Dense -> BN -> ReLU per hidden layer (no hidden bias: the BN offset is the bias),
+    and a plain Dense head: "BatchNorm after every prunable layer but the classifier", as in ResNet."""
+    del arch
+    x = keras.layers.Flatten(name="flatten")(x)
+    for i, units in enumerate(MLP_HIDDEN, start=1):
+        x = f.dense(_ch(width, units), use_bias=False, name=f"dense{i}")(x)
+        x = _relu(f"relu{i}")(_bn(f"bn{i}")(x))
+    return f.dense(num_classes, name="head_dense")(x)
+
+
 _BUILDERS = {
     **{a: _vgg for a in VGG_SPECS},
     **{a: _resnet for a in RESNET_SPECS},
     **{a: _wrn for a in WRN_SPECS},
     "small_cnn": _small_cnn,
+    "mlp": _mlp,
 }
 
 
