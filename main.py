@@ -148,7 +148,13 @@ def _experiment(cfg) -> None:
             for name in _CONFIG_FLAGS
             if absl_flags.FLAGS[name].present and name not in RESERVED
         ]
-        status = runner.run(cfg.run.experiment, cfg.run.workdir, shard=cfg.run.experiment_shard, extra_args=forwarded)
+        status = runner.run(
+            cfg.run.experiment,
+            cfg.run.workdir,
+            shard=cfg.run.experiment_shard,
+            extra_args=forwarded,
+            results_dir=cfg.run.experiment_results or None,
+        )
     except (ExperimentError, ReportError) as exc:
         _fail(str(exc))
     except Exception as exc:  # one line and error.log, as for a run

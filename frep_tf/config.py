@@ -232,6 +232,11 @@ class RunConfig:
     )
     experiment: str = _f("", "--mode=experiment: the experiment file (base flags + axes; see configs/experiments/)")
     experiment_shard: str = _f("", "--mode=experiment: i/n runs every n-th cell starting at cell i (0-based)")
+    experiment_results: str = _f(
+        "",
+        "--mode=experiment: where each finished cell's evidence (config, results, per-epoch scalars, commit) is "
+        "kept, and cells with evidence there count as done; empty = benchmarks/results/<experiment name>",
+    )
     seed: int = _f(0, "random seed (weights, data order, perturbations)")
     export: str = _f("keras,saved_model,tflite,tflite_sparse", "comma-separated export formats")
     deterministic: bool = _f(False, "TF op determinism: identical results on the same machine, slower")
@@ -479,8 +484,8 @@ def validate(cfg: Config) -> Config:
         raise _bad("workdir", "''", f"--mode={r.mode} needs the experiment's --workdir")
     if r.mode == "experiment" and not r.experiment:
         raise _bad("experiment", "''", "--mode=experiment needs --experiment=FILE (see configs/experiments/)")
-    if r.mode != "experiment" and (r.experiment or r.experiment_shard):
-        flag = "experiment" if r.experiment else "experiment_shard"
+    if r.mode != "experiment" and (r.experiment or r.experiment_shard or r.experiment_results):
+        flag = next(f for f in ("experiment", "experiment_shard", "experiment_results") if getattr(r, f))
         raise _bad(flag, getattr(r, flag), "only with --mode=experiment")
     if r.mode == "report" and not os.path.isdir(r.workdir):
         raise _bad("workdir", r.workdir, "--mode=report needs an existing experiment workdir")

@@ -32,7 +32,16 @@ EXPORT_PREVIOUS = ".export-previous"
 
 # Where the data is found, how much is printed, and the workdir's own spelling (a relative or
 # absolute path to the same directory) do not change results; --overwrite is this module's switch.
-IGNORED = ("workdir", "data_dir", "download", "verbose", "overwrite", "experiment", "experiment_shard")
+IGNORED = (
+    "workdir",
+    "data_dir",
+    "download",
+    "verbose",
+    "overwrite",
+    "experiment",
+    "experiment_shard",
+    "experiment_results",
+)
 
 
 @dataclasses.dataclass(frozen=True)

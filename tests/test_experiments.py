@@ -33,7 +33,15 @@ def test_a_killed_grid_resumes_where_it_stopped_and_ends_as_uninterrupted_runs(t
     cells = spec.parse(QUICK).cells()
     assert len(cells) == 4
     second = workdir / cells[1].dir
-    command = [sys.executable, "main.py", "--mode=experiment", f"--experiment={QUICK}", f"--workdir={workdir}"]
+    kept = tmp_path / "kept"  # the evidence directory (benchmarks/results/<name> by default)
+    command = [
+        sys.executable,
+        "main.py",
+        "--mode=experiment",
+        f"--experiment={QUICK}",
+        f"--workdir={workdir}",
+        f"--experiment_results={kept}",
+    ]
     proc = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -49,7 +57,9 @@ def test_a_killed_grid_resumes_where_it_stopped_and_ends_as_uninterrupted_runs(t
     assert not (second / "results.json").exists()
     assert not (workdir / cells[2].dir).exists()
 
-    resumed = _main("--mode=experiment", f"--experiment={QUICK}", f"--workdir={workdir}")
+    resumed = _main(
+        "--mode=experiment", f"--experiment={QUICK}", f"--workdir={workdir}", f"--experiment_results={kept}"
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "1 finished, 3 to run" in resumed.stdout
     assert f"cell 1/3 {cells[1].name}: started -> running" in resumed.stdout
@@ -68,8 +78,30 @@ def test_a_killed_grid_resumes_where_it_stopped_and_ends_as_uninterrupted_runs(t
     assert _evaluation(second) == _evaluation(reference)
 
     # Run again: nothing is left to do, no cell runs twice.
-    again = _main("--mode=experiment", f"--experiment={QUICK}", f"--workdir={workdir}")
+    again = _main("--mode=experiment", f"--experiment={QUICK}", f"--workdir={workdir}", f"--experiment_results={kept}")
     assert again.returncode == 0 and "4 finished, 0 to run" in again.stdout
+
+    # Every finished cell's evidence was kept as it finished: results, config, per-epoch scalars, commit.
+    for cell in cells:
+        saved = kept / cell.dir
+        assert json.load(open(saved / "results.json")) == json.load(open(workdir / cell.dir / "results.json"))
+        assert json.load(open(saved / "config.json")) == json.load(open(workdir / cell.dir / "config.json"))
+        scalars = json.load(open(saved / "scalars.json"))
+        assert len(scalars["val_pgd_acc"]) == json.load(open(saved / "config.json"))["train"]["epochs"]
+        assert len(json.load(open(saved / "provenance.json"))["commit"]) >= 40
+    assert not list(kept.glob("cells/*/checkpoint")) and not list(kept.glob("cells/*/export"))
+    # A later session with a fresh workdir finds the kept cells done and runs none of them.
+    fresh = _main(
+        "--mode=experiment", f"--experiment={QUICK}", f"--workdir={tmp_path / 'fresh'}", f"--experiment_results={kept}"
+    )
+    assert fresh.returncode == 0 and "4 finished, 0 to run (4 kept" in fresh.stdout, fresh.stdout
+    assert not (tmp_path / "fresh" / "cells").exists() or not list((tmp_path / "fresh" / "cells").glob("*/config.json"))
+    # The report from the kept evidence alone draws what the workdir's report draws.
+    from_kept = _main("--mode=report", f"--workdir={kept}")
+    assert from_kept.returncode == 0, from_kept.stderr
+    assert sorted(os.listdir(kept / "figures")) == sorted(os.listdir(workdir / "figures"))
+    assert "no per-epoch validation curves" not in open(kept / "report.md").read()
+    assert "4 finished" in fresh.stdout and f"report: {kept}" in fresh.stdout
 
     # The report from the experiment workdir alone, without training.
     report = _main("--mode=report", f"--workdir={workdir}")
@@ -87,7 +119,9 @@ def test_a_cell_failing_at_run_time_is_reported_and_the_others_still_run(tmp_pat
         "--export=keras\n--noeval_tflite\n--train_samples=400\n--sparsity=0.9\naxis batch_size = 4000 | 32\n"
     )
     workdir = tmp_path / "grid"
-    proc = _main("--mode=experiment", f"--experiment={path}", f"--workdir={workdir}")
+    proc = _main(
+        "--mode=experiment", f"--experiment={path}", f"--workdir={workdir}", f"--experiment_results={tmp_path / 'kept'}"
+    )
     assert proc.returncode == 3, proc.stdout + proc.stderr
     failed = json.load(open(workdir / "cells" / "batch_size=4000" / "failed.json"))
     assert failed["reason"].startswith("error: --batch_size=4000") and failed["exit_status"] == 2
@@ -102,7 +136,8 @@ def test_shards_take_every_nth_cell(tmp_path, monkeypatch, shard, expected):
     ran = []
     monkeypatch.setattr(runner, "run_cell", lambda e, cell, w, python=None: (ran.append(cell.name), (0, ""))[1])
     monkeypatch.setattr(runner, "write_report", lambda w, out=None: None)
-    assert runner.run(QUICK, str(tmp_path / "grid"), shard=shard, out=open(os.devnull, "w")) == 0
+    kept = str(tmp_path / "kept")
+    assert runner.run(QUICK, str(tmp_path / "grid"), shard=shard, out=open(os.devnull, "w"), results_dir=kept) == 0
     cells = spec.parse(QUICK).cells()
     assert ran == [cells[i].name for i in expected]
     stored = json.load(open(tmp_path / "grid" / "experiment.json"))

@@ -7,7 +7,8 @@ Input (the layout the experiment runner writes; cells may come from several mach
 
     <workdir>/experiment.json   {"name", "file", "base_flags", "axes": [{"flag", "values"}], "cells": [{"name", "dir", "flags"}]}
     <workdir>/cells/<name>/     an ordinary run's workdir: config.json, results.json once finished,
-                                tb/frep/ (per-epoch scalars), failed.json {"reason", "exit_status"} if it failed
+                                tb/frep/ (per-epoch scalars), failed.json {"reason", "exit_status"} if it failed;
+                                a committed cell (frep_tf.experiments.evidence) has scalars.json instead of tb/
 
 Without experiment.json the cells are found as cells/*/config.json and the settings that differ between
 them are the axes. Every axis but `seed` defines a table row (method x sparsity x structured x ...);
@@ -31,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import struct
 import sys
 import textwrap
 from typing import Any
@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 
 from frep_tf.config import TABLE_I_COLUMNS
+from frep_tf.experiments import evidence
+from frep_tf.experiments.tb_events import read_scalars, writer_processes
 
 EXPERIMENT_FILE = "experiment.json"
 CELLS_DIR = "cells"
@@ -74,17 +76,6 @@ ROBUST_FIG8 = (("pgd", "PGD"), ("autoattack", "AA"))
 
 class ReportError(ValueError):
     """The workdir holds nothing a report can be made of, or a file the report needs is damaged."""
-
-
-def _writer_processes(names) -> set:
-    """(host, pid) of the processes that wrote these TensorBoard event files: one process writes
-    several files (one per summary writer), named events.out.tfevents.<time>.<host>.<pid>.<n>.v2."""
-    found = set()
-    for name in names:
-        if name.startswith("events.out.tfevents."):
-            parts = name.split(".")
-            found.add(tuple(parts[4:-2]) if len(parts) >= 8 else (name,))
-    return found
 
 
 def _set_wrapped_title(ax, title: str, width: int = 55) -> None:
@@ -267,70 +258,6 @@ def _sort_key(value):
 
 # ---------------------------------------------------------------------------------------------------
 # TensorBoard event files, without TensorFlow
-
-
-def _events(path: str):
-    """The Event protos of one TFRecord event file; a record cut short (a killed writer) ends it."""
-    from tensorboard.compat.proto import event_pb2
-
-    with open(path, "rb") as fh:
-        data = fh.read()
-    pos = 0
-    # A record: uint64 length, uint32 CRC of the length, the bytes, uint32 CRC of the bytes.
-    while pos + 12 <= len(data):
-        (length,) = struct.unpack_from("<Q", data, pos)
-        start, end = pos + 12, pos + 12 + length
-        if end + 4 > len(data):
-            return
-        event = event_pb2.Event()
-        event.ParseFromString(data[start:end])
-        yield event
-        pos = end + 4
-
-
-_TENSOR_DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 9: np.int64, 19: np.float16}
-
-
-def _scalar_of(value) -> float | None:
-    """The number a summary value holds (tf.summary.scalar's tensor or TF1's simple_value), else None."""
-    kind = value.WhichOneof("value")
-    if kind == "simple_value":
-        return float(value.simple_value)
-    if kind != "tensor":
-        return None
-    t = value.tensor
-    if len(t.tensor_shape.dim) or t.dtype not in _TENSOR_DTYPES:
-        return None  # histograms, images, text
-    if t.tensor_content:
-        return float(np.frombuffer(t.tensor_content, dtype=_TENSOR_DTYPES[t.dtype])[0])
-    for field in (t.float_val, t.double_val, t.int_val, t.int64_val, t.half_val):
-        if len(field):
-            return float(field[0])
-    return None
-
-
-def read_scalars(log_dir: str) -> dict[str, dict[int, float]]:
-    """{tag: {step: value}} of every scalar summary under `log_dir` (its event files, not subdirectories).
-    A resumed run writes an epoch again in a new file: the value written last counts."""
-    latest: dict[tuple[str, int], tuple[float, float]] = {}
-    if not os.path.isdir(log_dir):
-        return {}
-    for name in sorted(os.listdir(log_dir)):
-        if not name.startswith("events.out.tfevents"):
-            continue
-        try:
-            for event in _events(os.path.join(log_dir, name)):
-                for value in event.summary.value:
-                    x = _scalar_of(value)
-                    key = (value.tag, int(event.step))
-                    if x is not None and (key not in latest or event.wall_time >= latest[key][0]):
-                        latest[key] = (event.wall_time, x)
-        except Exception as exc:  # noqa: BLE001 - a damaged file costs its curves, not the report
-            raise ReportError(f"{os.path.join(log_dir, name)}: not a readable TensorBoard event file ({exc})") from None
-    scalars: dict[str, dict[int, float]] = {}
-    for (tag, step), (_, x) in sorted(latest.items()):
-        scalars.setdefault(tag, {})[step] = x
-    return scalars
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -910,10 +837,11 @@ def write_report(workdir: str) -> dict:
     for cell in finished:
         log_dir = os.path.join(cell.dir, "tb", "frep")
         if os.path.isdir(log_dir):
-            cell.resumed = len(_writer_processes(os.listdir(log_dir))) > 1
+            cell.resumed = len(writer_processes(os.listdir(log_dir))) > 1
         try:
-            scalars[cell.name] = read_scalars(log_dir)
-        except ReportError as exc:
+            saved = None if os.path.isdir(log_dir) else evidence.load_scalars(cell.dir)
+            scalars[cell.name] = read_scalars(log_dir) if saved is None else saved
+        except (ReportError, ValueError) as exc:
             problems.append(str(exc))
     if rows:
         path = os.path.join(figures_dir, FIGURES["fig8"])

@@ -11,6 +11,11 @@ Layout of the workdir:
     logs/<name>.log         the cell's output (stdout and stderr of its main.py)
     report.md, figures/     the report over whatever cells have finished
 
+Each finished cell's evidence (config, results, per-epoch scalars, the commit it ran on) is saved at
+once into the experiment's results directory (frep_tf.experiments.evidence; default
+benchmarks/results/<experiment name>/ of this checkout), to be committed; a cell with evidence there
+counts as done, so a later session with a fresh workdir runs only the rest.
+
 Every cell is checked before any runs (flags known, values accepted); a cell whose results.json is
 there is never run again, and an interrupted one resumes from its own checkpoint, so the same
 command after a kill continues the grid where it stopped. A cell that fails at run time is recorded
@@ -29,6 +34,7 @@ import subprocess
 import sys
 import time
 
+from frep_tf.experiments import evidence
 from frep_tf.experiments.spec import Cell, Experiment, ExperimentError, parse
 from frep_tf.io_utils import read_json, remove, write_json_atomic
 
@@ -217,11 +223,14 @@ def run(
     extra_args: list[str] | tuple[str, ...] = (),
     python: str = sys.executable,
     out=None,
+    results_dir: str | None = None,
 ) -> int:
     """Runs the cells of this shard that have not finished, then writes the report. Returns the exit status.
 
     `extra_args` (main.py flags from the runner's own command line, e.g. --data_dir) go to every cell
-    after the file's base flags; axis values come last and win."""
+    after the file's base flags; axis values come last and win. `results_dir` (default
+    benchmarks/results/<experiment name>) receives each finished cell's evidence; cells with evidence
+    there are done."""
     import dataclasses
 
     from frep_tf.kill_points import kill_point
@@ -232,12 +241,15 @@ def run(
     cells = check(experiment, workdir)
     os.makedirs(workdir, exist_ok=True)
     _write_experiment(workdir, experiment)
+    results_dir = results_dir or evidence.default_results_dir(experiment.name)
     mine = [c for i, c in enumerate(cells) if i % count == index]
-    todo = [c for c in mine if cell_state(workdir, c) != "finished"]
+    kept = [c for c in mine if evidence.has_evidence(results_dir, c.dir)]
+    todo = [c for c in mine if c not in kept and cell_state(workdir, c) != "finished"]
+    commit = evidence.code_commit()
     shard_text = f" (shard {index}/{count}: {len(mine)} of {len(cells)} cells)" if count > 1 else ""
     print(
         f"[experiment] {experiment.name}: {len(cells)} cells{shard_text}, {len(mine) - len(todo)} finished, "
-        f"{len(todo)} to run; workdir {workdir}",
+        f"{len(todo)} to run ({len(kept)} kept in {results_dir}); workdir {workdir}",
         file=out,
         flush=True,
     )
@@ -260,11 +272,14 @@ def run(
             failures += 1
             print(f"{label}: FAILED in {_duration(spent[-1])} ({reason}){eta}", file=out, flush=True)
         else:
-            print(f"{label}: done in {_duration(spent[-1])}{eta}", file=out, flush=True)
+            evidence.save_cell(os.path.join(workdir, cell.dir), os.path.join(results_dir, cell.dir), commit)
+            print(f"{label}: done in {_duration(spent[-1])}{eta}; evidence in {results_dir}", file=out, flush=True)
         kill_point("experiment_cell")
-    report_path = write_report(workdir, out=out)
-    if report_path:
-        print(f"[experiment] report: {report_path}", file=out, flush=True)
+    evidence.save_finished(workdir, results_dir, commit)  # experiment.json, and cells another runner finished
+    for where in (workdir, results_dir):  # the kept evidence's report is the one to commit
+        report_path = write_report(where, out=out)
+        if report_path:
+            print(f"[experiment] report: {report_path}", file=out, flush=True)
     if failures:
         print(f"[experiment] {failures} cell(s) failed; see {os.path.join(workdir, 'report.md')}", file=out, flush=True)
         return EXIT_CELL_FAILED

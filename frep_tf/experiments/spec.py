@@ -29,7 +29,7 @@ import itertools
 import os
 import re
 
-RESERVED = ("workdir", "mode", "experiment", "experiment_shard", "overwrite", "flagfile")
+RESERVED = ("workdir", "mode", "experiment", "experiment_shard", "experiment_results", "overwrite", "flagfile")
 _AXIS = re.compile(r"^axis\s+(?P<flags>[A-Za-z_][\w ]*?)\s*=\s*(?P<values>.*)$")
 _FLAG = re.compile(r"^--[A-Za-z_]\w*(?:=.*)?$")
 
