@@ -1,0 +1,27 @@
+"""Numbers must not move when code moves: two small deterministic runs through main.py (the quickstart's
+flags and HYDRA's three stages, every flag written out) reproduce the recorded exported weights bit for
+bit and the same results.json apart from times (tests/golden/record.py recorded them; re-record only
+when numbers are meant to change, and say why in the commit)."""
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
+import record  # noqa: E402
+
+GOLDEN = json.load(open(record.GOLDEN_FILE))
+
+
+@pytest.mark.parametrize("name", sorted(record.RUNS))
+def test_golden_run_is_reproduced_bit_for_bit(name, tmp_path):
+    golden = GOLDEN["runs"][name]
+    assert golden["flags"] == record.RUNS[name], "the golden run's flags changed: re-record on purpose or revert"
+    here = record.machine()
+    assert here == GOLDEN["machine"], f"recorded on {GOLDEN['machine']}, running on {here}: re-record on this machine"
+    got = record.run(name, str(tmp_path / name))
+    changed = sorted(k for k in golden["weights"] if got["weights"].get(k) != golden["weights"][k])
+    assert not changed and set(got["weights"]) == set(golden["weights"]), f"exported weights differ: {changed[:5]}"
+    assert got["results"] == golden["results"]
