@@ -154,6 +154,7 @@ def _experiment(cfg) -> None:
             shard=cfg.run.experiment_shard,
             extra_args=forwarded,
             results_dir=cfg.run.experiment_results or None,
+            parse_args=flags.parse_args,
         )
     except (ExperimentError, ReportError) as exc:
         _fail(str(exc))

@@ -39,7 +39,6 @@ METHODS = ("frep", "lwm", "admm", "hydra", "mad", "posthoc", "lottery", "iwi")
 IWI_SOURCES = ("lottery", "frep", "lwm", "admm", "hydra", "mad", "posthoc")
 IWI_MAPPINGS = ("sparse", "narrow")
 IWI_FILLS = ("zero", "tiny")
-SINGLE_STAGE_METHODS = ("frep", "lwm", "posthoc", "iwi")
 # What a baseline trains with unless its flag is given (README "Methods"): plain layers, PGD-10, no ensemble.
 BASELINE_DEFAULTS = {"parameterization": "plain", "objective": "pgd", "ensemble": False}
 BASELINES = ("lwm", "admm", "hydra", "mad", "lottery", "iwi")
@@ -47,6 +46,10 @@ BASELINES = ("lwm", "admm", "hydra", "mad", "lottery", "iwi")
 
 class ConfigError(ValueError):
     """A flag value or combination that is not allowed; the message is one line naming the flag."""
+
+
+class FlagParseError(ConfigError):
+    """A flag that does not exist, or a value its flag cannot parse (before any value is validated)."""
 
 
 def _f(default, help: str, **meta):
@@ -165,6 +168,11 @@ class MethodConfig:
     mad_beta: float = _f(0.5, "mad: MART weight of the fine-tuning loss")
     epoch_scale: float = _f(
         1.0, "multiply every stage's epochs and --prune_epoch by this (rounded, at least 1): shrinks all methods alike"
+    )
+    baseline_variant: bool = _f(
+        False,
+        "let a baseline (lwm, admm, hydra, mad, lottery, iwi) train with a --parameterization, --objective or "
+        "--ensemble other than its paper's (plain, pgd, no ensemble); without it such a value is refused",
     )
     sparse_init: bool = _f(
         False, "Sparse-Init (Table VI): plain kernels initialised as the product of two independent draws"

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import flags
 from frep_tf.experiments import runner, spec
 
 REPO = runner.REPO_ROOT
@@ -103,7 +104,7 @@ def test_bad_files_name_the_line(tmp_path, text, line, needle):
 def test_bad_axis_values_are_refused_before_any_cell_runs(tmp_path, axis, needle):
     path = _write(tmp_path, f"--dataset=digits\n--arch=small_cnn\n--epochs=4\n--prune_epoch=1\n{axis}\n")
     with pytest.raises(spec.ExperimentError) as info:
-        runner.check(spec.parse(str(path)), str(tmp_path / "work"))
+        runner.check(spec.parse(str(path)), str(tmp_path / "work"), flags.parse_args)
     assert f"{path}:5: " in str(info.value) and needle in str(info.value)
     assert not (tmp_path / "work").exists()
 
@@ -113,7 +114,7 @@ def test_a_combination_that_no_cell_may_run_names_its_lines(tmp_path):
     with pytest.raises(
         spec.ExperimentError, match=r"exp\.cfg:4: axis prune_epoch, value '5' \(cell epochs=2,prune_epoch=5\)"
     ):
-        runner.check(spec.parse(str(path)), str(tmp_path / "work"))
+        runner.check(spec.parse(str(path)), str(tmp_path / "work"), flags.parse_args)
 
 
 @pytest.mark.parametrize("shard, expected", [("", (0, 1)), ("0/2", (0, 2)), ("2/3", (2, 3))])
@@ -146,5 +147,5 @@ def test_main_refuses_a_bad_experiment_in_one_line_exit_2(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.name for p in (pathlib.Path(REPO) / "configs" / "experiments").glob("*.cfg")))
 def test_shipped_experiments_parse_and_every_cell_validates(tmp_path, name):
     experiment = spec.parse(str(pathlib.Path(REPO) / "configs" / "experiments" / name))
-    cells = runner.check(experiment, str(tmp_path / "work"))
+    cells = runner.check(experiment, str(tmp_path / "work"), flags.parse_args)
     assert cells and len({c.name for c in cells}) == len(cells)

@@ -137,7 +137,15 @@ def test_shards_take_every_nth_cell(tmp_path, monkeypatch, shard, expected):
     monkeypatch.setattr(runner, "run_cell", lambda e, cell, w, python=None: (ran.append(cell.name), (0, ""))[1])
     monkeypatch.setattr(runner, "write_report", lambda w, out=None: None)
     kept = str(tmp_path / "kept")
-    assert runner.run(QUICK, str(tmp_path / "grid"), shard=shard, out=open(os.devnull, "w"), results_dir=kept) == 0
+    import flags
+
+    devnull = open(os.devnull, "w")
+    assert (
+        runner.run(
+            QUICK, str(tmp_path / "grid"), shard=shard, out=devnull, results_dir=kept, parse_args=flags.parse_args
+        )
+        == 0
+    )
     cells = spec.parse(QUICK).cells()
     assert ran == [cells[i].name for i in expected]
     stored = json.load(open(tmp_path / "grid" / "experiment.json"))

@@ -145,9 +145,15 @@ def test_baselines_default_to_plain_pgd_without_ensemble_unless_the_flags_are_gi
     assert (cfg.model.parameterization, cfg.train.objective, cfg.ensemble.ensemble) == ("plain", "pgd", False)
     fv = absl_flags.FlagValues()
     flags.define_all(fv)
-    fv(["prog", "--method=hydra", "--objective=trades", "--ensemble", "--parameterization=hadamard"])
+    variant = ["--method=hydra", "--objective=trades", "--ensemble", "--parameterization=hadamard"]
+    fv(["prog", *variant, "--baseline_variant"])
     cfg = flags.config_from_flags(fv)
     assert (cfg.model.parameterization, cfg.train.objective, cfg.ensemble.ensemble) == ("hadamard", "trades", True)
+    # Without the opt-in, a value that turns HYDRA into something else is refused in one line naming it.
+    with pytest.raises(ConfigError, match=r"^--method=hydra trains --parameterization=plain --objective=pgd "):
+        flags.parse_args(variant)
+    # The paper's own values, written out (as experiment files do), are not a variant.
+    assert flags.parse_args(["--method=hydra", "--parameterization=plain", "--objective=pgd", "--noensemble"])
     fv = absl_flags.FlagValues()
     flags.define_all(fv)
     fv(["prog"])
@@ -330,3 +336,12 @@ def test_report_names_methods_and_marks_their_stages():
     assert method_name(frep) == "FReP" and epoch_marks(frep, 0.99) == [(3, "prune")]
     dense = cell({"method": "frep", "parameterization": "plain", "objective": "pgd", "prune_epoch": 30})
     assert method_name(dense) == "Ori (pgd)" and epoch_marks(dense, 0.0) == []
+
+
+def test_a_flagfile_written_for_frep_does_not_silently_turn_a_baseline_into_frep(tmp_path):
+    # configs/quickstart.cfg sets --parameterization=hadamard --objective=sre: HYDRA with those is not HYDRA.
+    proc = run_main("--flagfile=configs/quickstart.cfg", "--method=hydra", f"--workdir={tmp_path / 'w'}")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert "--parameterization=hadamard --objective=sre" in errors[0] and "--baseline_variant" in errors[0]
+    assert not (tmp_path / "w").exists()

@@ -61,31 +61,16 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def _parse_flags(args: list[str]):
-    """The Config main.py would run with `args`; raises ValueError subclasses with a one-line message."""
-    from absl import flags as absl_flags
-
-    import flags as frep_flags
-    from frep_tf.config import validate
-
-    values = absl_flags.FlagValues()
-    frep_flags.define_all(values)
-    try:
-        values(["main.py", *args])
-    except absl_flags.Error as exc:
-        raise ExperimentError(str(exc).splitlines()[0].removeprefix("ERROR::").strip()) from None
-    return validate(frep_flags.config_from_flags(values))
-
-
-def check(experiment: Experiment, workdir: str) -> list[Cell]:
-    """Every cell's flags parse and validate, before any cell runs; ExperimentError names file, line and value."""
-    from frep_tf.config import ConfigError
+def check(experiment: Experiment, workdir: str, parse_args) -> list[Cell]:
+    """Every cell's flags parse and validate, before any cell runs; ExperimentError names file, line and value.
+    `parse_args(args) -> Config` is main.py's own parsing (it raises ConfigError naming the flag)."""
+    from frep_tf.config import ConfigError, FlagParseError
 
     base = list(experiment.base_args) + list(experiment.extra_args)
     scratch = os.path.join(workdir, CELLS_DIR, "_check")
     try:
-        _parse_flags(base + [f"--workdir={scratch}"])
-    except (ExperimentError, ConfigError) as exc:
+        parse_args(base + [f"--workdir={scratch}"])
+    except ConfigError as exc:
         lines = ",".join(map(str, experiment.base_lines)) or "-"
         raise ExperimentError(f"{experiment.path}:{lines}: base flags: {exc}") from None
     # Each axis value alone: flags that do not exist or values their flag cannot parse. (Whether a
@@ -94,8 +79,8 @@ def check(experiment: Experiment, workdir: str) -> list[Cell]:
         for value in axis.values:
             args = [f"--{flag}={v}" for flag, v in zip(axis.flags, value, strict=True)]
             try:
-                _parse_flags(base + args + [f"--workdir={scratch}"])
-            except ExperimentError as exc:
+                parse_args(base + args + [f"--workdir={scratch}"])
+            except FlagParseError as exc:
                 raise ExperimentError(
                     f"{experiment.where(axis.line)}: axis {' '.join(axis.flags)}, value {' '.join(value)!r}: {exc}"
                 ) from None
@@ -104,8 +89,8 @@ def check(experiment: Experiment, workdir: str) -> list[Cell]:
     cells = experiment.cells()
     for cell in cells:
         try:
-            _parse_flags(base + cell.args() + [f"--workdir={os.path.join(workdir, cell.dir)}"])
-        except (ExperimentError, ConfigError) as exc:
+            parse_args(base + cell.args() + [f"--workdir={os.path.join(workdir, cell.dir)}"])
+        except ConfigError as exc:
             named = [flag for flag in cell.flags if str(exc).startswith(f"--{flag}=")]
             if named:  # the refused value is an axis value: name its line and value
                 flag = named[0]
@@ -219,6 +204,7 @@ def run(
     experiment_path: str,
     workdir: str,
     *,
+    parse_args,
     shard: str = "",
     extra_args: list[str] | tuple[str, ...] = (),
     python: str = sys.executable,
@@ -228,7 +214,8 @@ def run(
     """Runs the cells of this shard that have not finished, then writes the report. Returns the exit status.
 
     `extra_args` (main.py flags from the runner's own command line, e.g. --data_dir) go to every cell
-    after the file's base flags; axis values come last and win. `results_dir` (default
+    after the file's base flags; axis values come last and win. `parse_args(args) -> Config` checks a
+    cell's flags as main.py would parse them (main.py passes its own; the library never imports flags/). `results_dir` (default
     benchmarks/results/<experiment name>) receives each finished cell's evidence; cells with evidence
     there are done."""
     import dataclasses
@@ -238,7 +225,7 @@ def run(
     out = out or sys.stdout
     index, count = parse_shard(shard)
     experiment = dataclasses.replace(parse(experiment_path), extra_args=tuple(extra_args))
-    cells = check(experiment, workdir)
+    cells = check(experiment, workdir, parse_args)
     os.makedirs(workdir, exist_ok=True)
     _write_experiment(workdir, experiment)
     results_dir = results_dir or evidence.default_results_dir(experiment.name)
