@@ -195,3 +195,11 @@ def test_int8_tflite_model_is_dequantized(cnn, digits, tmp_path):
     assert logits.dtype == np.float32
     assert np.mean(np.argmax(logits, -1) == np.argmax(reference, -1)) > 0.9
     assert np.abs(logits - reference).mean() < 0.1 * np.abs(reference).mean()
+
+
+def test_every_attack_has_its_own_fixed_random_stream():
+    from frep_tf.config import EVAL_ATTACKS
+    from frep_tf.evaluation import robustness
+
+    assert set(robustness.STREAMS) == set(EVAL_ATTACKS)
+    assert len(set(robustness.STREAMS.values())) == len(robustness.STREAMS)

@@ -15,6 +15,20 @@ from frep_tf.config import EVAL_ATTACKS as ATTACKS
 from frep_tf.evaluation.sanity import run_sanity
 
 ALIASES = {"aa": "autoattack"}
+# Each attack's random stream, fixed by name: adding an attack to EVAL_ATTACKS (anywhere) changes no
+# other attack's numbers. The values are the positions the attacks had when streams were positional,
+# so results measured before stay reproducible; a new attack takes the next unused number.
+STREAMS = {
+    "clean": 0,
+    "fgsm": 1,
+    "pgd": 2,
+    "mim": 3,
+    "square": 4,
+    "autoattack": 5,
+    "apgd-ce": 6,
+    "apgd-t": 7,
+    "fab-t": 8,
+}
 GRADIENT_FREE = ("clean", "square")
 
 
@@ -169,7 +183,7 @@ def evaluate_model(
                 y,
                 batch_size=batch_size,
                 seed=seed,
-                stream=ATTACKS.index(name),
+                stream=STREAMS[name],
                 desc=name,
                 progress=progress,
             )
