@@ -1,5 +1,5 @@
 """Kill a training run at many different moments, resume it, and check it ends exactly where an
-uninterrupted run ends (issue 6 acceptance).
+uninterrupted run ends.
 
     python benchmarks/kill_resume.py --out=/tmp/kill_resume --json=/tmp/kill_resume.json
     python benchmarks/kill_resume.py --scenarios=before_prune,pruning

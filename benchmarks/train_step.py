@@ -8,7 +8,7 @@ Times RobustModel's real compiled train step (`train_on_batch`, as `fit` runs it
 gradients, `optimizer.apply` with coupled weight decay, and after pruning the projection of the factors)
 for
   natural       objective=natural, plain layers
-  frep          objective=sre, hadamard layers, the default settings (attack_bn from the config: train since issue 11)
+  frep          objective=sre, hadamard layers, the default settings (attack_bn from the config)
   frep_pruned   the same after one-shot pruning to --sparsity (masks set, factors projected every step:
                 the state of 70 % of a paper run)
   frep_plain    objective=sre, plain layers (hadamard / plain = the cost of the reparameterization)
@@ -45,7 +45,7 @@ VARIANTS = {
     "frep_bneval": dict(objective="sre", parameterization="hadamard", attack_bn="eval"),
 }
 DEFAULT_VARIANTS = ("natural", "frep", "frep_pruned", "frep_plain", "pgd10")
-# (name, numerator, denominator, target on this CPU from issue 11 / DESIGN §10)
+# (name, numerator, denominator, target on this CPU)
 RATIOS = (
     ("frep / natural", "frep", "natural", 2.5),
     ("frep_pruned / natural", "frep_pruned", "natural", 2.5),

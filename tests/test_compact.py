@@ -1,5 +1,5 @@
 """Structured pruning is structural: pruned channels output exactly zero, residual groups go together,
-and the `compact` export removes them physically while computing the same function (DESIGN §14)."""
+and the `compact` export removes them physically while computing the same function (docs/deployment.md)."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""The report on a grid that lists many flags per cell (issue 13's shape): row labels name only what sets a
+"""The report on a grid that lists many flags per cell (the lottery/IWI grid's shape): row labels name only what sets a
 row apart, the sparsity-measures table against an independent mean, the robustness-vs-input-gradient
 figure, IWI plotted at the sparsity of the network it trains."""
 
