@@ -1,4 +1,4 @@
-"""The `compact` export: a structured-pruned model with its removed channels physically gone (DESIGN §14).
+"""The `compact` export: a structured-pruned model with its removed channels physically gone (docs/deployment.md).
 
 A channel of a group (frep_tf.structure) is removable when it outputs exactly zero: every producer's
 kernel column and bias on it are zero, and so are the scale and offset of every BatchNorm in the group

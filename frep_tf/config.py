@@ -39,7 +39,7 @@ METHODS = ("frep", "lwm", "admm", "hydra", "mad", "posthoc", "lottery", "iwi")
 IWI_SOURCES = ("lottery", "frep", "lwm", "admm", "hydra", "mad", "posthoc")
 IWI_MAPPINGS = ("sparse", "narrow")
 IWI_FILLS = ("zero", "tiny")
-# What a baseline trains with unless its flag is given (README "Methods"): plain layers, PGD-10, no ensemble.
+# What a baseline trains with unless its flag is given (docs/methods.md): plain layers, PGD-10, no ensemble.
 BASELINE_DEFAULTS = {"parameterization": "plain", "objective": "pgd", "ensemble": False}
 BASELINES = ("lwm", "admm", "hydra", "mad", "lottery", "iwi")
 

@@ -1,4 +1,4 @@
-"""Export a fused (standard-layer) model as .keras, SavedModel and TFLite (DESIGN §6).
+"""Export a fused (standard-layer) model as .keras, SavedModel and TFLite (docs/deployment.md).
 
 Every file is written under a temporary name, reloaded with its own runtime (Keras,
 `tf.saved_model.load`, the LiteRT interpreter), compared with the Keras outputs, and only then renamed

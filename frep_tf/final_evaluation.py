@@ -1,4 +1,4 @@
-"""The final evaluation protocol of a run (DESIGN §7): the exported model's attacks, and every exported
+"""The final evaluation protocol of a run (docs/evaluation.md): the exported model's attacks, and every exported
 TFLite file on the LiteRT interpreter. Configured by a Config; used by frep_tf.pipeline."""
 
 from __future__ import annotations

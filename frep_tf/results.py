@@ -1,4 +1,4 @@
-"""What a run reports: parts of results.json (schema in README.md) and the summary table it prints."""
+"""What a run reports: parts of results.json (schema in docs/outputs.md) and the summary table it prints."""
 
 from __future__ import annotations
 

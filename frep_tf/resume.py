@@ -1,4 +1,4 @@
-"""What a --workdir already holds, and what a run may do with it (DESIGN §9).
+"""What a --workdir already holds, and what a run may do with it (docs/outputs.md).
 
 Re-running a command with the same --workdir either resumes it (config.json matches, no results.json
 yet: training continues from the newest checkpoint in checkpoint/), or, once results.json is there,

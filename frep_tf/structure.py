@@ -1,4 +1,4 @@
-"""Which output channels of a functional model are tied together, and who reads them (DESIGN §14).
+"""Which output channels of a functional model are tied together, and who reads them (docs/deployment.md).
 
 A *channel space* is a set of tensors whose channel axis means the same thing: a conv's output, the
 BatchNorm / ReLU / pooling after it, and every tensor joined to it by a residual `Add` (an Add sums

@@ -1,4 +1,4 @@
-"""TFLite files: conversion from a SavedModel, and the one LiteRT interpreter wrapper (DESIGN §6, §14).
+"""TFLite files: conversion from a SavedModel, and the one LiteRT interpreter wrapper (docs/deployment.md).
 
 `TFLiteModel` runs a .tflite file as a model callable (float32 [0, 1] images in, float32 logits out,
 int8 I/O quantised with the file's own parameters). The export checks, the evaluation, `--mode=predict`

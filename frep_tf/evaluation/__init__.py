@@ -1,4 +1,4 @@
-"""Robustness evaluation of any classifier (DESIGN §7), one concern per module:
+"""Robustness evaluation of any classifier (docs/evaluation.md), one concern per module:
 
 - `robustness`: the attack driver, `evaluate_model` (clean, FGSM, PGD, MIM, Square, AutoAttack);
 - `sanity`: the checks that say when a robust accuracy is not to be trusted, and the eps sweep;

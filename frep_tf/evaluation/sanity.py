@@ -1,4 +1,4 @@
-"""The sanity checks of an evaluation (DESIGN §7), and the epsilon sweep they use."""
+"""The sanity checks of an evaluation (docs/evaluation.md), and the epsilon sweep they use."""
 
 import numpy as np
 import tensorflow as tf

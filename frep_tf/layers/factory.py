@@ -1,4 +1,4 @@
-"""A layer factory: every architecture is written once against it (DESIGN §2)."""
+"""A layer factory: every architecture is written once against it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The paper's baselines as mechanisms, one module per method (DESIGN §11).
+"""The paper's baselines as mechanisms, one module per method (docs/methods.md).
 
 - `masks`:       exact top-k masks and applying them to reparameterized layers (shared).
 - `lwm`:         one global magnitude threshold over all conv and dense kernels.

@@ -1,5 +1,5 @@
 """Adversarial lottery tickets and inverse weights inheritance (Wang et al., "Achieving Adversarial
-Robustness via Sparsity"; only the abstract is available, README "Methods" says how we read it).
+Robustness via Sparsity"; only the abstract is available, docs/methods.md says how we read it).
 
 Lottery (`--method=lottery`): dense adversarial training that keeps a copy of the weights at
 initialisation (`--rewind_epoch=0`) or at a later epoch; then `--lottery_rounds` rounds, each pruning

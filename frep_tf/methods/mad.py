@@ -22,7 +22,7 @@ globally over all layers but the last; the last (dense) layer is pruned per outp
 
 Nothing is approximated: (dW_i A) for all i is A @ dW in Keras' (inputs, outputs) layout, and where
 forming the n x n matrix A costs more than it saves (`_explicit_is_cheaper`) it is computed as
-p^T (p @ dW) / (B S^2), the same number without A. Biases are neither masked nor pruned (DESIGN §2);
+p^T (p @ dW) / (B S^2), the same number without A. Biases are neither masked nor pruned (docs/methods.md);
 the original also masks and prunes them, which adds a bias column to A whose dW is zero here.
 """
 

@@ -9,7 +9,7 @@ name, which is atomic: a directory named epoch-NNNNN is complete. A kill while w
 temporary, ignored and deleted next time. Restoring checks the sha256 and the variable list, so a
 damaged file or a checkpoint of another model is reported (CheckpointError), never loaded.
 
-This plays the part of keras.callbacks.BackupAndRestore (DESIGN §9), which does not fit here (Keras
+This plays the part of keras.callbacks.BackupAndRestore, which does not fit here (Keras
 3.15): its weights file leaves out SeedGenerator states (RobustModel's perturbation RNG would restart);
 it writes the weights in place and the epoch number after them, so a kill in between leaves epoch k+1
 weights labelled epoch k, a checkpoint that loads as valid but is wrong; it deletes the backup when

@@ -3,7 +3,7 @@
 Kept apart as in TF-MOT's sparsity package: the *schedule* (when, how much) is a TF-MOT schedule
 object; `global_unstructured_masks` / `global_channel_masks` (how) are pure numpy functions;
 `GlobalPruning` (driving it from fit) applies the masks to the network and the ensemble.
-TF-MOT's own Keras wrappers need Keras 2 and prune per layer, so the masks are ours (DESIGN §5).
+TF-MOT's own Keras wrappers need Keras 2 and prune per layer, so the masks are ours.
 """
 
 from __future__ import annotations
@@ -309,7 +309,7 @@ class GlobalPruning(keras.callbacks.Callback):
         if self.restart_ensemble:
             # Members from before the prune belong to a different (dense) network: restart the
             # warm-up, so the next ensemble update copies the pruned model (tau = 0) and averaging
-            # starts afresh. Measured on digits: see README "Design notes".
+            # starts afresh. Measured on digits: see docs/design_notes.md.
             model.ensemble_updates.assign(0)
         self.last_sparsity = sparsity
         self._log_densities(layers)

@@ -96,7 +96,7 @@ class RobustModel(keras.Model):
         self.ensemble_updates = keras.Variable(0, dtype="int64", trainable=False, name="ensemble_updates")
         self.pruned = keras.Variable(False, dtype="bool", trainable=False, name="pruned")
         # Set by structured pruning: from then on the bias and BatchNorm scale/offset of every pruned
-        # output channel are kept at zero, so the channel outputs exactly zero (DESIGN §14).
+        # output channel are kept at zero, so the channel outputs exactly zero.
         self.channels_pruned = keras.Variable(False, dtype="bool", trainable=False, name="channels_pruned")
         self._channel_projection = structural_projection(network, channel_graph(network))
         self.seed_generator = keras.random.SeedGenerator(seed, name="perturbation_seed")
