@@ -79,8 +79,11 @@ def test_penalty_is_differentiable_inside_a_step_and_pulls_w_towards_z_minus_u()
 def test_state_is_in_the_model_variables_so_checkpoints_carry_it():
     model = build_model("small_cnn", input_shape=(8, 8, 1), parameterization="plain", width=0.25)
     layers = admm.admm_layers(reparam_layers(model))
-    assert layers and all(isinstance(layer, ReparamConv2D) for layer in layers)
-    assert not any(isinstance(layer, ReparamDense) for layer in layers)  # conv only, as the original
+    # Every prunable kernel, the classifier included: the exported model meets the same global budget as
+    # every other method (the original leaves the classifier dense).
+    assert [layer.name for layer in layers] == [layer.name for layer in reparam_layers(model)]
+    assert any(isinstance(layer, ReparamDense) for layer in layers)
+    assert any(isinstance(layer, ReparamConv2D) for layer in layers)
     state = admm.ADMMState.for_layers(layers, 0.9)
     holder = keras.Model(model.inputs, model.outputs)
     holder.admm = state

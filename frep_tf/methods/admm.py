@@ -9,7 +9,11 @@ The ADMM stage minimises CE_adv + sum_l rho_l / 2 ||W_l - Z_l + U_l||^2 over the
 where proj keeps the per-layer top-k |.| entries (values unchanged). The state starts at the first
 epoch of the stage with Z = proj(W), U = 0. After the stage, `hard_prune` sets per-layer masks from
 |W| (the original's `masking`, which ranks W, not Z) and masked retraining follows.
-Only conv layers are pruned, as in the original's configs (`admm_layers`).
+Every prunable kernel is pruned, conv and dense, each at the target rate (`admm_layers`). The
+original's CIFAR configs list conv weights only and leave the classifier dense; here the classifier is
+pruned too, so the exported model keeps exactly the same number of weights over the same kernels as
+every other method at the same --sparsity (a dense head would let ADMM keep more weights; on a model
+made of dense layers, such as the MLP, ADMM would prune nothing at all).
 
 Z, U, rho and the update count are non-trainable variables of `ADMMState`, a Keras layer: attached to
 the trained model, checkpoints carry them, and `catch_up` is idempotent, so a resumed stage neither
@@ -21,13 +25,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from frep_tf.layers.reparam import ReparamConv2D
+from frep_tf.layers.reparam import ReparamConv2D, ReparamDense
 from frep_tf.methods import masks as masks_lib
 
 
 def admm_layers(layers) -> list:
-    """The layers ADMM prunes: conv layers only (the original's `prune_ratios` list conv weights)."""
-    return [layer for layer in layers if isinstance(layer, ReparamConv2D)]
+    """The layers ADMM prunes: every prunable layer, conv and dense (see the module docstring)."""
+    return [layer for layer in layers if isinstance(layer, (ReparamConv2D, ReparamDense))]
 
 
 def project(values, keep: int):
