@@ -458,7 +458,8 @@ def run_train(cfg: Config) -> dict:
         "model": {
             "arch": cfg.model.arch,
             "parameterization": cfg.model.parameterization,
-            "evaluated": "ensemble" if model.ensemble is not None else "network",
+            # Which weights `final` (the exported model) holds: read off that object, not the configuration.
+            "evaluated": "ensemble" if final is model.ensemble else "network",
             "evaluated_path": os.path.relpath(evaluated, workdir) if evaluated else None,
         },
         "params": {
