@@ -4,10 +4,10 @@
 
 Outputs under `cfg.run.workdir`: config.json (resolved), checkpoint/ (the newest epoch, while the run
 is unfinished), tb/ (TensorBoard), export/ (the fused ensemble in every requested format),
-results.json (schema in README.md). The library never reads absl flags; main.py turns them into a
+results.json (schema in docs/outputs.md). The library never reads absl flags; main.py turns them into a
 Config.
 
-Runs survive kills (DESIGN §9): the same command on the same workdir resumes from the newest
+Runs survive kills (docs/outputs.md): the same command on the same workdir resumes from the newest
 checkpoint, or prints the stored results of a finished run (frep_tf.resume). Nothing is written to
 the workdir until data and model are built and the checkpoint (if any) is restored, so bad input
 never leaves anything behind; every file is written atomically (temporary name, then rename).
