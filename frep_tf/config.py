@@ -103,7 +103,11 @@ class TrainConfig:
         "BatchNorm mode while the training perturbation is computed (train: as Algorithm 1; README: measured)",
         choices=ATTACK_BN_MODES,
     )
-    epochs: int = _f(100, "training epochs (paper: 100)")
+    epochs: int = _f(
+        100,
+        "epochs of the method's main training stage (paper: 100): frep, lwm, posthoc, iwi's large network, and "
+        "lottery's dense stage and each of its rounds; admm / hydra / mad use their stage flags",
+    )
     lr: float = _f(0.1, "initial learning rate, divided by 10 at 70 % and 85 % of training (paper)")
     momentum: float = _f(0.9, "SGD momentum (paper)")
     weight_decay: float = _f(2e-4, "L2 weight decay on every trainable factor, PyTorch-style (paper)")
@@ -149,7 +153,9 @@ class MethodConfig:
         "inheritance)",
         choices=METHODS,
     )
-    pretrain_epochs: int = _f(100, "admm / hydra / mad: dense adversarial pre-training epochs (paper Table V)")
+    pretrain_epochs: int = _f(
+        100, "admm / hydra / mad: dense adversarial pre-training epochs (paper Table V); lottery uses --epochs"
+    )
     admm_epochs: int = _f(100, "admm: epochs of the ADMM stage (Table V: 100 + 100 + 100)")
     admm_interval: int = _f(
         10, "admm: epochs between ADMM updates (rho *= 1.3, Z = proj(W + U), U += W - Z); scaled by --epoch_scale"
@@ -178,6 +184,7 @@ class MethodConfig:
         False, "Sparse-Init (Table VI): plain kernels initialised as the product of two independent draws"
     )
     rewind_epoch: int = _f(0, "lottery: the epoch of dense training whose weights the ticket inherits (0 = init)")
+    # lottery: the dense stage and each round are --epochs long (its main training stage, as for every method).
     lottery_rounds: int = _f(1, "lottery: pruning rounds, each removing the same fraction of what is left")
     lottery_reinit: bool = _f(False, "lottery: the control, the same masks with fresh random weights")
     iwi_source: str = _f(
@@ -557,10 +564,8 @@ def _validate_method(cfg: Config) -> None:
         )
     if m.lottery_rounds < 1:
         raise _bad("lottery_rounds", m.lottery_rounds, "must be a positive integer")
-    if method == "lottery" and not 0 <= m.rewind_epoch < max(scaled_epochs(m.pretrain_epochs, m.epoch_scale), 1):
-        raise _bad(
-            "rewind_epoch", m.rewind_epoch, "must lie in [0, --pretrain_epochs) (0 rewinds to the initialisation)"
-        )
+    if method == "lottery" and not 0 <= m.rewind_epoch < cfg.epochs:
+        raise _bad("rewind_epoch", m.rewind_epoch, "must lie in [0, --epochs) (0 rewinds to the initialisation)")
     if method in ("lottery", "iwi") and cfg.model.parameterization == "channel":
         raise _bad("parameterization", "channel", f"--method={method} masks or copies single weights: use plain")
     if method == "iwi":

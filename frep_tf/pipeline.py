@@ -325,6 +325,7 @@ def run_train(cfg: Config) -> dict:
             )
     plan = stages_lib.plan(cfg)
     total_epochs = stages_lib.total_epochs(plan)
+    print(f"[frep_tf] {stages_lib.describe(cfg, plan)}", flush=True)  # what will train, before it costs hours
     with stages("build"), strategy.scope():
         model = build_robust_model(cfg, info)
         # The checkpoint's epoch says which stage wrote it: that stage's trainable variables and

@@ -50,7 +50,7 @@ def test_round_sparsities_remove_the_same_fraction_of_what_is_left():
 
 
 def test_rewind_restores_exactly_the_initial_weights_under_the_mask():
-    cfg, model = _lottery_model(pretrain_epochs=1, finetune_epochs=1)
+    cfg, model = _lottery_model(epochs=1)
     dense, round1 = stages.plan(cfg)
     stages.begin(dense, model, cfg)  # rewind_epoch 0: the copy of the initialisation
     init = {v.path: np.asarray(v).copy() for v in model.network.weights}
@@ -70,7 +70,7 @@ def test_rewind_restores_exactly_the_initial_weights_under_the_mask():
 
 
 def test_iterative_pruning_reaches_the_target_sparsity_to_the_weight_ranked_on_trained_weights():
-    cfg, model = _lottery_model(pretrain_epochs=1, finetune_epochs=1, lottery_rounds=3, sparsity=0.95)
+    cfg, model = _lottery_model(epochs=1, lottery_rounds=3, sparsity=0.95)
     plan = stages.plan(cfg)
     assert [s.name for s in plan] == ["dense", "round1", "round2", "round3"]
     stages.begin(plan[0], model, cfg)
@@ -98,7 +98,7 @@ def test_iterative_pruning_reaches_the_target_sparsity_to_the_weight_ranked_on_t
 def test_the_reinit_control_keeps_the_masks_and_changes_only_the_kernels():
     results = []
     for reinit in (False, True):
-        cfg, model = _lottery_model(pretrain_epochs=1, finetune_epochs=1, lottery_reinit=reinit)
+        cfg, model = _lottery_model(epochs=1, lottery_reinit=reinit)
         dense, round1 = stages.plan(cfg)
         stages.begin(dense, model, cfg)
         _train(model, cfg, dense)
@@ -160,8 +160,8 @@ def test_iwi_and_its_control_differ_only_in_the_initialisation():
 
 
 # -- end to end, killed between stages -----------------------------------------------------------------
-LOTTERY = [*TINY, "--method=lottery", "--pretrain_epochs=2", "--finetune_epochs=1", "--deterministic"]
-IWI = [*TINY, "--method=iwi", "--pretrain_epochs=1", "--finetune_epochs=1", "--epochs=1", "--deterministic"]
+LOTTERY = [*TINY, "--method=lottery", "--epochs=2", "--deterministic"]
+IWI = [*TINY, "--method=iwi", "--epochs=1", "--deterministic"]
 
 
 @pytest.mark.parametrize(
@@ -180,7 +180,13 @@ def test_killed_between_stages_ends_as_the_uninterrupted_run(tmp_path, args, kil
     assert proc.returncode == 0, proc.stderr[-3000:]
     method = "lottery" if args is LOTTERY else "iwi"
     if method == "lottery":
-        results = check_run(ref, "lottery", {"pretrain_epochs": 2, "finetune_epochs": 1})
+        results = check_run(ref, "lottery", {"epochs": 2})
+        assert [s["epochs"] for s in results["method"]["stages"]] == [2, 2]  # dense and its round: --epochs each
+        # Said before training starts, in one line.
+        assert (
+            "--method=lottery: plain layers, objective pgd, no ensemble, 0.9 sparse; epochs dense 2 + round1 2 = 4"
+            in proc.stdout
+        )
     else:
         results = json.loads((ref / "results.json").read_text())
         assert results["method"]["source"]["method"] == "lottery"

@@ -51,6 +51,21 @@ def cfg_of(**flat):
 
 
 # -- plans -------------------------------------------------------------------------------------------
+def test_epochs_is_every_methods_main_stage_and_the_plan_is_said_in_one_line():
+    # --method=lottery --epochs=10 trains 10 dense epochs and 10 per round (it once trained 100 + 100).
+    cfg = cfg_of(
+        method="lottery", epochs=10, lottery_rounds=2, parameterization="plain", objective="pgd", ensemble=False
+    )
+    assert [(s.name, s.epochs) for s in stages.plan(cfg)] == [("dense", 10), ("round1", 10), ("round2", 10)]
+    line = stages.describe(cfg, stages.plan(cfg))
+    assert line == (
+        "--method=lottery: plain layers, objective pgd, no ensemble, 0.99 sparse; "
+        "epochs dense 10 + round1 10 + round2 10 = 30"
+    )
+    hydra = cfg_of(method="hydra", epoch_scale=0.1, parameterization="plain", objective="pgd", ensemble=False)
+    assert stages.describe(hydra, stages.plan(hydra)).endswith("epochs pretrain 10 + score 2 + finetune 10 = 22")
+
+
 @pytest.mark.parametrize(
     "method, names, total",
     [
@@ -58,6 +73,7 @@ def cfg_of(**flat):
         ("hydra", ["pretrain", "score", "finetune"], 220),
         ("mad", ["pretrain", "saliency", "finetune"], 240),
         ("lwm", ["train"], 100),
+        ("lottery", ["dense", "round1"], 200),
         ("frep", ["train"], 100),
     ],
 )

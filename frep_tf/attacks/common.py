@@ -226,6 +226,8 @@ def over_target_classes(model_fn, x, y, *, n_target_classes, seed, run_rank):
     fooled = predict(model_fn, x) != y
     for rank in range(2, min(n_target_classes, n_classes - 1) + 2):
         todo = tf.where(~fooled)[:, 0]
+        if tf.executing_eagerly() and int(tf.size(todo)) == 0:
+            break  # every point fooled: an empty batch would reach the model (TF's CPU conv mis-shapes it)
         candidate, success = run_rank(tf.gather(x, todo), tf.gather(y, todo), rank, fold_seed(seed, rank))
         hit = tf.boolean_mask(todo, success)[:, None]
         x_adv = tf.tensor_scatter_nd_update(x_adv, hit, tf.boolean_mask(candidate, success))

@@ -114,13 +114,11 @@ def plan(cfg: Config) -> list[Stage]:
 
 
 def _lottery_plan(cfg: Config) -> list[Stage]:
-    """dense (--pretrain_epochs), then round1..n (--finetune_epochs each, 0 = 100): prune, rewind, train."""
-    from frep_tf.config import scaled_epochs
-
+    """dense, then round1..n (prune, rewind, train), each --epochs long: --epochs is the main training
+    stage of every method, and a ticket's retraining is as long as the dense training it came from."""
     m, t = cfg.method, cfg.train
     common = {"lr": t.lr, "objective": t.objective, "trades_beta": t.trades_beta}
-    dense = scaled_epochs(m.pretrain_epochs, m.epoch_scale)
-    per_round = scaled_epochs(m.finetune_epochs or 100, m.epoch_scale)
+    dense = per_round = cfg.epochs
     stages = [Stage("dense", 0, dense, **common)] if dense else []
     start = dense
     for k in range(1, m.lottery_rounds + 1):
@@ -128,6 +126,19 @@ def _lottery_plan(cfg: Config) -> list[Stage]:
         start += per_round
     stages[-1] = dataclasses.replace(stages[-1], ensemble=cfg.ensemble.ensemble)
     return stages
+
+
+def describe(cfg: Config, stages: list[Stage]) -> str:
+    """One line saying what a run will actually train: the method, its layers, objective and ensemble,
+    and each stage's epochs (printed when training starts, so a surprise shows before it costs hours)."""
+    parts = " + ".join(f"{s.name} {s.epochs}" for s in stages)
+    objectives = sorted({s.objective for s in stages if s.kind == "fit"})
+    ensemble = "temporal ensemble" if cfg.ensemble.ensemble else "no ensemble"
+    sparsity = f"{cfg.prune.sparsity:.4g} sparse" + (" (channels)" if cfg.prune.structured else "")
+    return (
+        f"--method={cfg.method.method}: {cfg.model.parameterization} layers, objective {'/'.join(objectives)}, "
+        f"{ensemble}, {sparsity}; epochs {parts} = {total_epochs(stages)}"
+    )
 
 
 def total_epochs(stages: list[Stage]) -> int:
