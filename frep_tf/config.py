@@ -100,7 +100,7 @@ class TrainConfig:
     trades_beta: float = _f(6.0, "TRADES / MART regularisation weight")
     attack_bn: str = _f(
         "train",
-        "BatchNorm mode while the training perturbation is computed (train: as Algorithm 1; README: measured)",
+        "BatchNorm mode while the training perturbation is computed (train: as Algorithm 1; docs/design_notes.md: measured)",
         choices=ATTACK_BN_MODES,
     )
     epochs: int = _f(

@@ -75,13 +75,6 @@ def _replace(tmp: str, final: str) -> None:
     os.replace(tmp, final)
 
 
-def tflite_predict(path: str, x: np.ndarray) -> np.ndarray:
-    """Logits of a .tflite file on a batch (frep_tf.tflite.TFLiteModel, the one LiteRT wrapper)."""
-    from frep_tf import tflite
-
-    return tflite.predict(path, x)
-
-
 def export_model(
     model,
     export_dir: str,

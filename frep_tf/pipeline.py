@@ -26,6 +26,7 @@ import numpy as np
 
 from frep_tf import kill_points, resume
 from frep_tf.config import Config, ConfigError, validate
+from frep_tf.data.splits import dataset_arrays
 from frep_tf.final_evaluation import evaluate_classifier, evaluate_deployed, input_gradient_l1, transfer_pgd
 from frep_tf.io_utils import fsync_dir, remove, write_json_atomic
 from frep_tf.results import attack_results, compact_summary, info_dict, method_summary, summary_table
@@ -113,23 +114,6 @@ def load_data(cfg: Config):
         download=d.download,
         train_samples=d.train_samples,
     )
-
-
-def _arrays(dataset, limit: int = 0):
-    """Concatenate a batched (x, y) dataset into numpy arrays (up to `limit` examples, 0 = all)."""
-    xs, ys, n = [], [], 0
-    if dataset is None:
-        return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
-    for x, y in dataset:
-        xs.append(np.asarray(x))
-        ys.append(np.asarray(y))
-        n += len(ys[-1])
-        if limit and n >= limit:
-            break
-    if not xs:
-        return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
-    x, y = np.concatenate(xs), np.concatenate(ys).astype(np.int32)
-    return (x[:limit], y[:limit]) if limit else (x, y)
 
 
 def build_robust_model(cfg: Config, info):
@@ -419,14 +403,14 @@ def run_train(cfg: Config) -> dict:
         masks = layer_densities(
             [layer.name for layer in model.reparam], [np.asarray(layer.mask) for layer in model.reparam]
         )
-    x_test, y_test = _arrays(splits.test)
+    x_test, y_test = dataset_arrays(splits.test)
     export_dir = os.path.join(workdir, resume.EXPORT_DIR)
     records, compact_report, representative = [], {}, None
     with stages("export"):
         if cfg.export_formats:
             if any(f in cfg.export_formats for f in ("tflite_int8", "tflite_int8_dense", "compact")):
                 # int8 calibration images come from the training split, never the test split.
-                representative, _ = _arrays(splits.train, INT8_CALIBRATION_IMAGES)
+                representative, _ = dataset_arrays(splits.train, INT8_CALIBRATION_IMAGES)
             records = export_atomically(
                 final, workdir, cfg.export_formats, x_test[:64], representative=representative, report=compact_report
             )
@@ -546,7 +530,7 @@ def run_evaluate(cfg: Config) -> dict:
     with stages("data"):
         splits = load_data(cfg)
         info = splits.info
-        x_test, y_test = _arrays(splits.test)
+        x_test, y_test = dataset_arrays(splits.test)
     with stages("load"):
         model_fn = load_classifier(cfg.eval.model, input_shape=info.image_shape, num_classes=info.num_classes)
         source = None

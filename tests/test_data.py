@@ -134,7 +134,7 @@ def test_digits_test_split_is_the_fixed_protocol_and_val_comes_from_train():
     assert (info.num_train, info.num_val, info.num_test) == (1293, 144, 360)
     assert info.augmentation == "none"
 
-    x_test, y_test = data.test_arrays(splits)
+    x_test, y_test = data.dataset_arrays(splits.test)
     assert x_test.dtype == np.float32 and y_test.dtype == np.int32
     np.testing.assert_array_equal(x_test[..., 0], (ref_test / 16.0).astype(np.float32))
     np.testing.assert_array_equal(y_test, ref_y_test)
@@ -203,7 +203,7 @@ def test_synthetic_shapes_seed_and_reproducibility():
     assert not np.array_equal(epoch1[0][0], other_seed[0][0])
     assert all(0 <= y.min() and y.max() < 5 for _, y in epoch1)
     # Test data is never shuffled: two passes agree.
-    np.testing.assert_array_equal(data.test_arrays(first)[0], data.test_arrays(first)[0])
+    np.testing.assert_array_equal(data.dataset_arrays(first.test)[0], data.dataset_arrays(first.test)[0])
 
 
 def test_fit_runs_on_the_pipeline():

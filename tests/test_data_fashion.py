@@ -16,6 +16,7 @@ import pytest
 
 from frep_tf import data
 from frep_tf.data import fashion_mnist
+from frep_tf.data.splits import dataset_arrays
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,7 +53,7 @@ def test_load_dataset_gives_28x28x1_in_unit_range_with_crop_from_2_pixel_padding
     x, y = next(iter(splits.train))
     assert x.shape == (128, 28, 28, 1) and x.dtype.name == "float32"
     assert 0.0 <= float(np.min(x)) and float(np.max(x)) <= 1.0
-    x_test, y_test = splits.test_arrays()
+    x_test, y_test = dataset_arrays(splits.test)
     expected = fashion_mnist.read_idx_dir(_real_dir())
     np.testing.assert_allclose(x_test[..., 0], expected["x_test"] / 255.0, atol=1e-7)
     np.testing.assert_array_equal(y_test, expected["y_test"])

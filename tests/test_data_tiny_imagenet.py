@@ -75,7 +75,7 @@ def test_builder_prepares_the_official_archive(tmp_path):
     assert sum(1 for _ in splits.train) == 2
 
     # The test split is the labelled official validation set, labels from val_annotations.txt.
-    x_test, y_test = data.test_arrays(splits)
+    x_test, y_test = data.dataset_arrays(splits.test)
     assert x_test.shape == (6, 64, 64, 3) and sorted(y_test) == sorted(val_labels)
     for image, label in zip(x_test, y_test, strict=True):
         distances = np.abs(val_images - image).mean(axis=(1, 2, 3))

@@ -35,7 +35,7 @@ def test_folder_with_class_subfolders_loads_every_format_exactly(tmp_path):
     assert (info.num_train, info.num_val, info.num_test) == (12, 0, 3), "one test image per class"
     assert info.augmentation == "none"
 
-    x_test, y_test = data.test_arrays(splits)
+    x_test, y_test = data.dataset_arrays(splits.test)
     assert sorted(y_test) == [0, 1, 2]
     x_train, y_train = (np.concatenate(parts) for parts in zip(*splits.train.as_numpy_iterator(), strict=True))
     assert x_train.shape == (12, 10, 12, 3) and x_train.dtype == np.float32
@@ -55,7 +55,7 @@ def test_folder_with_train_and_test_subfolders(tmp_path):
                 write_image(tmp_path / split / name / f"{i}.jpg", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
     splits = data.load_dataset(f"folder:{tmp_path}", batch_size=4, val_size=2)
     assert (splits.info.num_train, splits.info.num_val, splits.info.num_test) == (10, 2, 4)
-    assert sorted(data.test_arrays(splits)[1]) == [0, 0, 1, 1]
+    assert sorted(data.dataset_arrays(splits.test)[1]) == [0, 0, 1, 1]
 
 
 def test_folder_mixed_sizes_need_image_size(tmp_path):
@@ -129,7 +129,7 @@ def test_npz_loads_and_scales_uint8(tmp_path):
     splits = data.load_dataset(f"npz:{tmp_path / 'd.npz'}", batch_size=4, val_size=4)
     info = splits.info
     assert (info.image_shape, info.num_classes, info.num_train, info.num_val, info.num_test) == ((5, 5, 3), 4, 16, 4, 6)
-    x_test, y_test = data.test_arrays(splits)
+    x_test, y_test = data.dataset_arrays(splits.test)
     np.testing.assert_allclose(x_test, arrays["x_test"] / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(y_test, arrays["y_test"])
 

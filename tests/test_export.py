@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from frep_tf.export import DEFAULT_FORMATS, FILENAMES, ExportError, export_model, tflite_predict
+from frep_tf.export import DEFAULT_FORMATS, FILENAMES, ExportError, export_model
 from frep_tf.fuse import fuse
 from frep_tf.layers import reparam_layers
 from frep_tf.models import build_model
+from frep_tf.tflite import predict as tflite_predict
 
 
 def _masked(arch, shape, keep, parameterization="plain", width=1.0):

@@ -3,7 +3,7 @@
     from frep_tf import data
     splits = data.load_dataset("cifar10", data_dir="/data/tfds", batch_size=128)
     model.fit(splits.train, validation_data=splits.val)
-    x_test, y_test = data.test_arrays(splits)
+    x_test, y_test = data.dataset_arrays(splits.test)
 
 Every user-facing problem raises `DatasetError` with a one-line message. `check_available(name,
 data_dir=...)` finds missing data in about a second without importing TensorFlow: entry points call
@@ -19,7 +19,7 @@ from frep_tf.data.registry import (
     check_dataset_name,
     load_dataset,
 )
-from frep_tf.data.splits import DatasetInfo, Splits, test_arrays
+from frep_tf.data.splits import DatasetInfo, Splits, dataset_arrays
 
 __all__ = [
     "KNOWN_DATASETS",
@@ -30,5 +30,5 @@ __all__ = [
     "check_available",
     "check_dataset_name",
     "load_dataset",
-    "test_arrays",
+    "dataset_arrays",
 ]

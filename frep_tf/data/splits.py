@@ -40,19 +40,20 @@ class Splits:
     # uninterrupted run would have.
     train_from: Any = None
 
-    def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """The whole test split as (x float32 NHWC in [0, 1], y int32), in `test` order."""
-        xs, ys = [], []
-        for x, y in self.test.as_numpy_iterator():
-            xs.append(x)
-            ys.append(y)
-        return np.concatenate(xs).astype(np.float32, copy=False), np.concatenate(ys).astype(np.int32, copy=False)
 
-
-def test_arrays(splits: Splits) -> tuple[np.ndarray, np.ndarray]:
-    """Function form of `Splits.test_arrays`, for attack code that takes numpy arrays."""
-    return splits.test_arrays()
-
-
-# Not a pytest test, although the name starts with "test_" (tests import it).
-test_arrays.__test__ = False
+def dataset_arrays(dataset, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A batched (x, y) dataset as numpy arrays (x float32 NHWC in [0, 1], y int32), in order: the first
+    `limit` examples, or all with 0; empty arrays for no dataset."""
+    xs, ys, n = [], [], 0
+    if dataset is None:
+        return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
+    for x, y in dataset:
+        xs.append(np.asarray(x))
+        ys.append(np.asarray(y))
+        n += len(ys[-1])
+        if limit and n >= limit:
+            break
+    if not xs:
+        return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
+    x, y = np.concatenate(xs).astype(np.float32, copy=False), np.concatenate(ys).astype(np.int32)
+    return (x[:limit], y[:limit]) if limit else (x, y)

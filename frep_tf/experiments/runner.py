@@ -27,7 +27,6 @@ process dies with its runner (Linux PR_SET_PDEATHSIG): no orphan keeps training 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -290,11 +289,3 @@ def write_report(workdir: str, out=None) -> str | None:
 
     summary = report.write_report(workdir)
     return summary.get("report") if isinstance(summary, dict) else None
-
-
-def load_experiment_json(workdir: str) -> dict | None:
-    try:
-        with open(os.path.join(workdir, EXPERIMENT_FILE), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None

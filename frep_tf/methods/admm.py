@@ -148,11 +148,6 @@ class ADMMState(keras.layers.Layer):
         return config
 
 
-def rho_at_epoch(rho0: float, epoch: int, admm_epoch: int, rho_factor: float = 1.3) -> float:
-    """rho during stage epoch `epoch` (0-based): rho0 * rho_factor ** (epoch // admm_epoch)."""
-    return rho0 * rho_factor ** (epoch // admm_epoch)
-
-
 class ADMMUpdates(keras.callbacks.Callback):
     """Drives `ADMMState.catch_up` from fit; keeps no state of its own (it is all in the variables)."""
 

@@ -412,8 +412,8 @@ def make_callbacks(
     import keras
 
     from frep_tf import kill_points, resume
+    from frep_tf.data.splits import dataset_arrays
     from frep_tf.methods import admm
-    from frep_tf.pipeline import _arrays
     from frep_tf.training.checkpoint import EpochCheckpoint
     from frep_tf.training.ensemble import TemporalEnsemble
     from frep_tf.training.guards import StopOnNonFiniteLoss
@@ -457,7 +457,7 @@ def make_callbacks(
         from frep_tf.methods.lottery import RewindAt
 
         callbacks.append(RewindAt(model.lottery_state, model.network, cfg.method.rewind_epoch))
-    x_val, y_val = _arrays(splits.val, cfg.eval.val_samples)
+    x_val, y_val = dataset_arrays(splits.val, cfg.eval.val_samples)
     callbacks.append(
         EpochMonitor(
             x_val,

@@ -1,7 +1,7 @@
 """Global magnitude pruning (paper III-D): how masks are computed, and the callback that applies them.
 
 Kept apart as in TF-MOT's sparsity package: the *schedule* (when, how much) is a TF-MOT schedule
-object; `global_unstructured_masks` / `global_channel_masks` (how) are pure numpy functions;
+object; `global_unstructured_masks` / `group_channel_keep` (how) are pure numpy functions;
 `GlobalPruning` (driving it from fit) applies the masks to the network and the ensemble.
 TF-MOT's own Keras wrappers need Keras 2 and prune per layer, so the masks are ours.
 """
@@ -55,33 +55,6 @@ def global_unstructured_masks(kernels: list[np.ndarray], sparsity: float, min_de
         out.append(mask[start : start + n].reshape(k.shape))
         start += n
     return out
-
-
-def global_channel_masks(kernels: list[np.ndarray], sparsity: float, frozen: list[bool]) -> list[np.ndarray]:
-    """Rank output channels of all layers globally by the L2 norm of their kernel (paper Eq. 17).
-
-    Keeps k = round((1 - sparsity) * channels) of the non-frozen layers' channels, and at least one
-    channel per layer so no layer is cut off. `frozen` layers (the classifier, whose output channels are
-    the classes) keep every channel.
-    """
-    norms = [np.sqrt(np.sum(np.square(k.reshape(-1, k.shape[-1])), axis=0)) for k in kernels]
-    candidates = [(n, i) for i, n in enumerate(norms) if not frozen[i]]
-    total = sum(len(n) for n, _ in candidates)
-    keep = int(round((1.0 - sparsity) * total))
-    keep_channels = [np.ones(len(n), bool) if frozen[i] else np.zeros(len(n), bool) for i, n in enumerate(norms)]
-    for n, i in candidates:
-        keep_channels[i][int(np.argmax(n))] = True  # at least one channel per layer
-    already = sum(int(keep_channels[i].sum()) for _, i in candidates)
-    if keep > already:
-        scores = np.concatenate([np.where(keep_channels[i], np.inf, -n) for n, i in candidates])
-        owners = np.concatenate([np.full(len(n), i) for n, i in candidates])
-        index = np.concatenate([np.arange(len(n)) for n, _ in candidates])
-        chosen = np.argpartition(scores, keep - already - 1)[: keep - already]
-        for c in chosen:
-            keep_channels[owners[c]][index[c]] = True
-    return [
-        np.broadcast_to(kc.astype(np.float32), k.shape).copy() for kc, k in zip(keep_channels, kernels, strict=True)
-    ]
 
 
 def group_channel_keep(kernels: dict[str, np.ndarray], graph, sparsity: float) -> dict[int, np.ndarray]:
