@@ -1,4 +1,9 @@
-"""Fixtures shared by the attack, evaluation and independent-implementation tests."""
+"""Fixtures shared by several test files: a digits CNN for the attack, evaluation and independent-implementation
+tests, and real `python main.py` runs whose outputs more than one file checks."""
+
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -48,3 +53,60 @@ def natural_cnn(digits, train_digits_cnn):
     model_fn.keras_model = model
     assert np.mean(np.argmax(model_fn(x_test), -1) == y_test) > 0.9
     return model_fn
+
+
+# -- runs of the real `python main.py` that several test files read ------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(*args, timeout=900):
+    """`python main.py ARGS` in a subprocess, no test kill point."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.pop("FREP_TF_TEST_KILL_AT", None)
+    cmd = [sys.executable, os.path.join(ROOT, "main.py"), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+FREP_CH_EXPORTS = "keras,saved_model,tflite,tflite_sparse,tflite_int8,tflite_int8_dense,compact"
+
+
+@pytest.fixture(scope="session")
+def frep_ch_structured_run(tmp_path_factory):
+    """One structured FReP-CH run (channel mixing, --structured, 70 % of the conv channels removed after the
+    first of 3 epochs) that exports every format: read by test_deploy.py (exports, TFLite evaluation, predict) and by
+    test_algorithm.py (whole channels removed, accuracy)."""
+    workdir = tmp_path_factory.mktemp("frep_ch_structured")
+    proc = _main(
+        "--flagfile=configs/quickstart.cfg",
+        f"--workdir={workdir}",
+        "--parameterization=channel",
+        "--structured",
+        "--sparsity=0.7",
+        "--epochs=3",  # pruned after 1, two epochs to recover (test_algorithm.py: clean accuracy > 0.3)
+        "--prune_epoch=1",
+        "--val_pgd_steps=1",
+        "--eval_pgd_steps=3",
+        "--eval_samples=60",
+        "--tflite_square_queries=20",
+        f"--export={FREP_CH_EXPORTS}",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+    """The quickstart shortened to 12 epochs (pruned to 99 % at epoch 6), every default export, each TFLite
+    file evaluated (Square with 20 queries per image) -> (workdir, completed process). test_algorithm.py
+    holds its robustness to the measured floors; test_main.py checks everything it writes."""
+    workdir = tmp_path_factory.mktemp("quickstart")
+    proc = _main(
+        "--flagfile=configs/quickstart.cfg",
+        "--epochs=12",
+        "--prune_epoch=6",
+        "--tflite_square_queries=20",
+        f"--workdir={workdir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir, proc

@@ -12,7 +12,6 @@ import pytest
 from frep_tf import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL_FORMATS = "keras,saved_model,tflite,tflite_sparse,tflite_int8,tflite_int8_dense,compact"
 TFLITE_FILES = {
     "tflite": "model.tflite",
     "tflite_sparse": "model_sparse.tflite",
@@ -30,25 +29,10 @@ def run_main(*args):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
 
-@pytest.fixture(scope="module")
-def structured_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("deploy")
-    proc = run_main(
-        "--flagfile=configs/quickstart.cfg",
-        f"--workdir={workdir}",
-        "--parameterization=channel",
-        "--structured",
-        "--sparsity=0.7",
-        "--epochs=2",
-        "--prune_epoch=1",
-        "--val_pgd_steps=1",
-        "--eval_pgd_steps=3",
-        "--eval_samples=60",
-        "--tflite_square_queries=20",
-        f"--export={ALL_FORMATS}",
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return workdir
+@pytest.fixture
+def structured_run(frep_ch_structured_run):
+    """The structured FReP-CH run of conftest.py (shared with test_algorithm.py): every format exported."""
+    return frep_ch_structured_run
 
 
 def test_every_tflite_file_is_evaluated_and_compact_is_smaller(structured_run):
