@@ -271,9 +271,10 @@ def _run(workdir, *extra, kill_at=None, kill_when=None, delay=0.0, timeout=600):
 
 
 def _strip(results):
-    """results.json without wall-clock fields and the SavedModel's byte size (process-dependent names)."""
+    """results.json without wall-clock fields, the process's peak memory and the SavedModel's byte size
+    (process-dependent names)."""
     if isinstance(results, dict):
-        out = {k: _strip(v) for k, v in results.items() if k not in ("timings", "seconds")}
+        out = {k: _strip(v) for k, v in results.items() if k not in ("timings", "seconds", "peak_rss_mb")}
         if out.get("format") == "saved_model":
             out.pop("bytes")
         return out
