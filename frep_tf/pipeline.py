@@ -159,7 +159,7 @@ def build_robust_model(cfg: Config, info):
         weight_decay=t.weight_decay,
         ensemble=cfg.ensemble.ensemble,
         seed=cfg.run.seed,
-        **stages_lib.method_state(cfg, network),
+        method_state=stages_lib.method_of(cfg).state(cfg, network),
     )
 
 
@@ -169,7 +169,7 @@ def build_and_compile(cfg: Config, info, steps_per_epoch: int):
 
     model = build_robust_model(cfg, info)
     first = stages_lib.plan(cfg)[0]
-    stages_lib.configure(first, model)
+    stages_lib.configure(first, model, cfg)
     return model, stages_lib.compile_stage(first, model, steps_per_epoch, cfg)
 
 
@@ -242,9 +242,9 @@ def _restore(model, workdir: str):
 
 def _source_summary(cfg: Config, source: dict | None) -> dict:
     """What IWI inherited from: the exported small network and, when stage 1 ran here, its results."""
-    from frep_tf.methods import stages as stages_lib
+    from frep_tf.methods import iwi
 
-    out = {"path": stages_lib.iwi_source_path(cfg), "mapping": cfg.method.iwi_mapping, "fill": cfg.method.iwi_fill}
+    out = {"path": iwi.source_path(cfg), "mapping": cfg.method.iwi_mapping, "fill": cfg.method.iwi_fill}
     if source:
         out |= {
             "method": cfg.method.iwi_source,
@@ -281,13 +281,9 @@ def run_train(cfg: Config) -> dict:
 
     workdir = cfg.run.workdir
     checkpoint_dir = os.path.join(workdir, resume.CHECKPOINT_DIR)
-    source = None
-    if cfg.method.method == "iwi" and not cfg.method.iwi_from:
-        # IWI's stage 1: the small sparse network, an ordinary resumable run in <workdir>/source/.
-        print(
-            f"[frep_tf] iwi stage 1: --method={cfg.method.iwi_source} in {stages_lib.iwi_source_path(cfg)}", flush=True
-        )
-        source = run(stages_lib.iwi_source_config(cfg))
+    method = stages_lib.method_of(cfg)
+    source = method.before_training(cfg, run)  # IWI's stage 1: its small sparse network, a run of its own
+    if source is not None:
         _enter_stage("start")
     stages = Stages()
     with stages("setup"):
@@ -315,7 +311,7 @@ def run_train(cfg: Config) -> dict:
         # The checkpoint's epoch says which stage wrote it: that stage's trainable variables and
         # optimizer are set up before it is restored (frep_tf.methods.stages).
         current = 0 if cfg.run.overwrite else stages_lib.locate(plan, _checkpoint_epoch(workdir))
-        stages_lib.configure(plan[current], model)
+        stages_lib.configure(plan[current], model, cfg)
         decay_steps = stages_lib.compile_stage(plan[current], model, steps_per_epoch, cfg)
         restored = None if cfg.run.overwrite else _restore(model, workdir)
     # Every check has passed: from here on the workdir is written.
@@ -338,7 +334,7 @@ def run_train(cfg: Config) -> dict:
                     continue
                 with strategy.scope():
                     if index != current:
-                        stages_lib.configure(stage, model)
+                        stages_lib.configure(stage, model, cfg)
                         decay_steps = stages_lib.compile_stage(stage, model, steps_per_epoch, cfg)
                         current = index
                     if epoch == stage.start:
@@ -349,8 +345,8 @@ def run_train(cfg: Config) -> dict:
                             flush=True,
                         )
                     clock.start(stage.name)
-                    if stage.kind == "saliency":
-                        stages_lib.saliency_pass(stage, model, splits, steps_per_epoch, cfg, _verbose(cfg))
+                    if stage.kind != "fit":  # a pass over the data, no optimizer steps (MAD's saliency)
+                        method.run_pass(stage, model, splits, steps_per_epoch, cfg, _verbose(cfg))
                         clock.lap()
                         saved = checkpoint.save(
                             model,
@@ -396,9 +392,9 @@ def run_train(cfg: Config) -> dict:
         )
         return {"training": {"epochs": total_epochs, "final_epoch": last_logs}}
     final = model.ensemble if model.ensemble is not None else fuse(model.network)
-    if cfg.method.method == "posthoc":
+    if method.prunes_after_training:
         with stages("prune"):  # paper Fig. 8: once, after the last epoch, no fine-tuning
-            masks = stages_lib.posthoc_prune(final, cfg.prune.sparsity, cfg.prune.min_layer_density)
+            masks = method.after_training(final, cfg)
     else:
         masks = layer_densities(
             [layer.name for layer in model.reparam], [np.asarray(layer.mask) for layer in model.reparam]

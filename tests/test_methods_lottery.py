@@ -35,7 +35,7 @@ def _lottery_model(**flat):
 
 
 def _train(model, cfg, stage):
-    stages.configure(stage, model)
+    stages.configure(stage, model, cfg)
     stages.compile_stage(stage, model, steps_per_epoch=4, cfg=cfg)
     rng = np.random.default_rng(stage.start)
     x, y = rng.random((64, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 64).astype("int32")
@@ -55,7 +55,7 @@ def test_rewind_restores_exactly_the_initial_weights_under_the_mask():
     stages.begin(dense, model, cfg)  # rewind_epoch 0: the copy of the initialisation
     init = {v.path: np.asarray(v).copy() for v in model.network.weights}
     _train(model, cfg, dense)
-    stages.configure(round1, model)
+    stages.configure(round1, model, cfg)
     stages.compile_stage(round1, model, steps_per_epoch=4, cfg=cfg)
     stages.begin(round1, model, cfg)
     for layer in model.reparam:
@@ -79,7 +79,7 @@ def test_iterative_pruning_reaches_the_target_sparsity_to_the_weight_ranked_on_t
     previous = None
     for k, stage in enumerate(plan[1:], start=1):
         kernels = [np.abs(np.asarray(layer.fused_kernel())) for layer in model.reparam]
-        stages.configure(stage, model)
+        stages.configure(stage, model, cfg)
         stages.compile_stage(stage, model, steps_per_epoch=4, cfg=cfg)
         stages.begin(stage, model, cfg)
         masks = [np.asarray(layer.mask) for layer in model.reparam]
@@ -102,7 +102,7 @@ def test_the_reinit_control_keeps_the_masks_and_changes_only_the_kernels():
         dense, round1 = stages.plan(cfg)
         stages.begin(dense, model, cfg)
         _train(model, cfg, dense)
-        stages.configure(round1, model)
+        stages.configure(round1, model, cfg)
         stages.compile_stage(round1, model, steps_per_epoch=4, cfg=cfg)
         stages.begin(round1, model, cfg)
         results.append({v.path: np.asarray(v).copy() for v in model.network.weights})

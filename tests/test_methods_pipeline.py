@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from frep_tf.config import Config, ConfigError, validate
-from frep_tf.methods import stages
+from frep_tf.methods import admm, stages
 from tests.test_main import run_main  # noqa: F401 (also used by test_methods_lottery)
 
 TINY = [
@@ -90,7 +90,7 @@ def test_epoch_scale_scales_every_stage_and_the_prune_epoch_rounded_at_least_one
     assert [s.epochs for s in plan] == [1, 1, 1]  # 100, 20, 100 -> round, at least 1
     cfg = cfg_of(method="admm", epoch_scale=0.1)
     assert [s.epochs for s in stages.plan(cfg)] == [10, 10, 10]
-    assert stages.admm_interval(cfg) == 1  # 10 x 0.1: still 9 updates in the 10-epoch ADMM stage
+    assert admm.update_interval(cfg) == 1  # 10 x 0.1: still 9 updates in the 10-epoch ADMM stage
     plan = stages.plan(cfg_of(method="mad", epoch_scale=0.1))
     assert [s.epochs for s in plan] == [10, 1, 14]  # the saliency pass is one pass of the data
     cfg = cfg_of(method="frep", epoch_scale=0.1)
@@ -308,16 +308,16 @@ def test_pruned_weights_stay_exactly_zero_in_the_fine_tuning_stage(method, stage
     plan = stages.plan(cfg)
     stage = next(s for s in plan if s.name == stage_name)
     if method == "hydra":
-        model.hydra_scores.initialize([layer.fused_kernel() for layer in model.reparam])
+        model.method_state["hydra_scores"].initialize([layer.fused_kernel() for layer in model.reparam])
     if method == "mad":
         rng = np.random.default_rng(0)
-        for total in model.saliency.sums:
+        for total in model.method_state["saliency"].sums:
             total.assign(rng.random(total.shape).astype("float32"))
-        model.saliency.batches.assign(1)
-    stages.configure(stage, model)
+        model.method_state["saliency"].batches.assign(1)
+    stages.configure(stage, model, cfg)
     stages.compile_stage(stage, model, steps_per_epoch=4, cfg=cfg)
     stages.begin(stage, model, cfg)
-    layers = model.admm_layers if method == "admm" else model.reparam
+    layers = model.reparam  # every method masks every prunable layer (ADMM the classifier too)
     masks = [np.asarray(layer.mask).copy() for layer in layers]
     assert all(0 < m.sum() < m.size for m in masks)
     rng = np.random.default_rng(1)

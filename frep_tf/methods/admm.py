@@ -25,8 +25,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from frep_tf.config import Config
 from frep_tf.layers.reparam import ReparamConv2D, ReparamDense
 from frep_tf.methods import masks as masks_lib
+from frep_tf.methods.base import Method, Stage, StepHook, sequence, staged_epochs
 
 
 def admm_layers(layers) -> list:
@@ -176,3 +178,71 @@ def _size(shape) -> int:
     for d in shape:
         n *= int(d)
     return n
+
+
+class ADMMPenalty(StepHook):
+    """The ADMM stage's step: the loss gains sum_l rho_l / 2 ||W_l - Z_l + U_l||^2."""
+
+    def __init__(self, state: ADMMState, layers):
+        self.state, self.layers = state, layers
+
+    def penalty(self, model):
+        return self.state.penalty([layer.fused_kernel() for layer in self.layers])
+
+
+class ADMM(Method):
+    """pretrain -> admm -> retrain (Table V: 100 + 100 + 100)."""
+
+    name = "admm"
+    finetune_epochs = 100
+
+    def plan(self, cfg: Config) -> list[Stage]:
+        m = cfg.method
+        retrain = staged_epochs(cfg, m.finetune_epochs or self.finetune_epochs)
+        return sequence(
+            cfg,
+            [
+                dict(name="pretrain", epochs=staged_epochs(cfg, m.pretrain_epochs), lr=cfg.train.lr),
+                dict(
+                    name="admm",
+                    epochs=staged_epochs(cfg, m.admm_epochs),
+                    step="admm",
+                    lr=m.finetune_lr,
+                    schedule="cosine",
+                ),
+                dict(name="retrain", epochs=retrain, lr=m.finetune_lr, schedule="cosine"),
+            ],
+        )
+
+    def state(self, cfg: Config, network) -> dict:
+        from frep_tf.layers.reparam import reparam_layers
+
+        m = cfg.method
+        layers = admm_layers(reparam_layers(network))
+        state = ADMMState.for_layers(
+            layers, cfg.prune.sparsity, rho=m.admm_rho, admm_epoch=update_interval(cfg), name="admm_state"
+        )
+        return {"admm_state": state}
+
+    def step_hook(self, stage: Stage, model):
+        if stage.step != "admm":
+            return None
+        return ADMMPenalty(model.method_state["admm_state"], admm_layers(model.reparam))
+
+    def begin(self, stage: Stage, model, cfg: Config):
+        if stage.name != "retrain":
+            return None
+        layers = admm_layers(model.reparam)
+        hard_prune(layers, cfg.prune.sparsity)  # per layer, by |W| (the original's `masking`)
+        return layers
+
+    def callbacks(self, stage: Stage, model, cfg: Config) -> list:
+        if stage.step != "admm":
+            return []
+        return [ADMMUpdates(model.method_state["admm_state"], admm_layers(model.reparam), first_epoch=stage.start)]
+
+
+def update_interval(cfg: Config) -> int:
+    """Epochs between ADMM updates, scaled with the stages (--epoch_scale), so a shrunk ADMM stage
+    still makes the same number of updates (the original: every 20 of 200 epochs, 10 updates)."""
+    return staged_epochs(cfg, cfg.method.admm_interval)

@@ -29,7 +29,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from frep_tf.config import Config
 from frep_tf.methods import masks as masks_lib
+from frep_tf.methods.base import Method, Stage, StepHook, sequence, staged_epochs
 
 
 def fan_in(shape) -> int:
@@ -128,3 +130,76 @@ class HydraScores(keras.layers.Layer):
         config = super().get_config()
         config.update(kernel_shapes=self.kernel_shapes, sparsity=self.sparsity, layer_names=self.layer_names)
         return config
+
+
+class ScoreStep(StepHook):
+    """The score stage's step: the forward pass applies top-k(|score|) through the layers' mask
+    variables, and the masks' gradients reach the scores straight through the top-k."""
+
+    def __init__(self, scores: HydraScores):
+        self.scores = scores
+
+    def before(self, model) -> None:
+        self.scores.assign_masks(model.reparam)
+
+    def trainable(self, model, variables: list) -> list:
+        return [v for v in variables if not any(v is s for s in self.scores.scores)]
+
+    def watched(self, model) -> list:
+        return [layer.mask.value for layer in model.reparam]
+
+    def routed(self, model, watched_grads: list) -> tuple[list, list]:
+        return list(self.scores.score_gradients(watched_grads)), list(self.scores.scores)
+
+
+class HYDRA(Method):
+    """pretrain -> score -> finetune (Table V: 100 + 20 + 100)."""
+
+    name = "hydra"
+    finetune_epochs = 100
+
+    def plan(self, cfg: Config) -> list[Stage]:
+        m = cfg.method
+        finetune = staged_epochs(cfg, m.finetune_epochs or self.finetune_epochs)
+        return sequence(
+            cfg,
+            [
+                dict(name="pretrain", epochs=staged_epochs(cfg, m.pretrain_epochs), lr=cfg.train.lr),
+                dict(
+                    name="score",
+                    epochs=staged_epochs(cfg, m.score_epochs),
+                    step="score",
+                    lr=cfg.train.lr,
+                    schedule="cosine",
+                ),
+                dict(name="finetune", epochs=finetune, lr=m.finetune_lr, schedule="cosine"),
+            ],
+        )
+
+    def state(self, cfg: Config, network) -> dict:
+        from frep_tf.layers.reparam import reparam_layers
+
+        scores = HydraScores.for_layers(reparam_layers(network), cfg.prune.sparsity, name="hydra_scores")
+        scores.trainable = False  # trained only in the score stage
+        return {"hydra_scores": scores}
+
+    def configure(self, stage: Stage, model) -> None:
+        scores = model.method_state["hydra_scores"]
+        if stage.step == "score":
+            freeze_weights(model.reparam)
+            scores.trainable = True
+        else:
+            unfreeze_weights(model.reparam)
+            scores.trainable = False
+
+    def step_hook(self, stage: Stage, model):
+        return ScoreStep(model.method_state["hydra_scores"]) if stage.step == "score" else None
+
+    def begin(self, stage: Stage, model, cfg: Config):
+        scores = model.method_state["hydra_scores"]
+        if stage.name == "score":
+            scores.initialize(masks_lib.kernels(model.reparam))
+        elif stage.name == "finetune":
+            scores.fixed_masks(model.reparam)
+            return model.reparam
+        return None

@@ -19,7 +19,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from frep_tf.config import Config
 from frep_tf.methods import masks as masks_lib
+from frep_tf.methods.base import Method, Stage, sequence
 
 
 def round_sparsities(sparsity: float, rounds: int) -> list[float]:
@@ -152,3 +154,42 @@ def inherit(network, source, *, fill: str = "zero", tiny: float = 1e-3, seed: in
         same = all(tuple(a.shape) == tuple(b.shape) for a, b in zip(layer.weights, src.weights, strict=False))
         done[layer.name] = "copied" if same else "embedded"
     return done
+
+
+# -- the method -----------------------------------------------------------------------------------------
+class Lottery(Method):
+    """dense, then round1..n (prune, rewind, train), each --epochs long: --epochs is the main training
+    stage of every method, and a ticket's retraining is as long as the dense training it came from."""
+
+    name = "lottery"
+
+    def plan(self, cfg: Config) -> list[Stage]:
+        specs = [dict(name="dense", epochs=cfg.epochs, lr=cfg.train.lr)]
+        for k in range(1, cfg.method.lottery_rounds + 1):
+            specs.append(dict(name=f"round{k}", epochs=cfg.epochs, lr=cfg.train.lr))
+        return sequence(cfg, specs)
+
+    def state(self, cfg: Config, network) -> dict:
+        return {"lottery_state": LotteryState.for_network(network, name="lottery_state")}
+
+    def begin(self, stage: Stage, model, cfg: Config):
+        state, m = model.method_state["lottery_state"], cfg.method
+        if stage.name == "dense":
+            if m.rewind_epoch == 0:
+                state.take(model.network)  # the ticket inherits the initialisation
+            return None
+        k = int(stage.name.removeprefix("round"))
+        target = round_sparsities(cfg.prune.sparsity, m.lottery_rounds)[k - 1]
+        masks = prune_round(model.reparam, target, cfg.prune.min_layer_density)  # ranked on trained weights
+        if not bool(state.taken.numpy()):
+            raise RuntimeError("the lottery ticket's rewind copy was never taken")
+        state.rewind(model.network)  # weight inheritance
+        if m.lottery_reinit:
+            reinit_kernels(model.reparam, seed=cfg.run.seed + 7919 * k)  # the control
+        masks_lib.apply_masks(model.reparam, masks)
+        return model.reparam
+
+    def callbacks(self, stage: Stage, model, cfg: Config) -> list:
+        if stage.name == "dense" and cfg.method.rewind_epoch > 0:
+            return [RewindAt(model.method_state["lottery_state"], model.network, cfg.method.rewind_epoch)]
+        return []

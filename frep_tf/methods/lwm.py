@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from frep_tf.methods import masks as masks_lib
+from frep_tf.methods.base import Method
 from frep_tf.training.pruning import global_unstructured_masks
 
 
@@ -24,3 +25,10 @@ def prune(layers, sparsity: float) -> list[np.ndarray]:
     masks = global_threshold_masks([np.asarray(k) for k in masks_lib.kernels(layers)], sparsity)
     masks_lib.apply_masks(layers, masks)
     return masks
+
+
+class LWM(Method):
+    """The paper's during-training baseline: FReP's one `train` stage and its global prune at
+    --prune_epoch, on plain layers trained with PGD (the baseline defaults)."""
+
+    name = "lwm"

@@ -35,8 +35,10 @@ import numpy as np
 import tensorflow as tf
 
 from frep_tf import losses
+from frep_tf.config import Config
 from frep_tf.layers.reparam import ReparamConv2D
 from frep_tf.methods import masks as masks_lib
+from frep_tf.methods.base import Method, Stage, sequence, staged_epochs
 
 SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(SOFTPLUS_ONE) == 1
 SOFTPLUS_FLOOR = math.log(math.expm1(1e-4))  # softplus(SOFTPLUS_FLOOR) == 1e-4, the original's f_inv(0)
@@ -283,3 +285,83 @@ def saliency_masks(saliencies, sparsity: float, min_density: float = 0.0) -> lis
     np.put_along_axis(head_mask, order, 1.0, axis=0)
     found.append(head_mask.reshape(head.shape))
     return found
+
+
+# -- the method -----------------------------------------------------------------------------------------
+class MAD(Method):
+    """pretrain -> saliency -> finetune (Table V: 100 + 1 + 139). The saliency pass goes over the
+    training set once (one epoch of data, far more than one epoch of compute: PGD plus --mad_mask_steps
+    Adam steps on the soft mask per batch), so Table V's 240 = 100 + 1 pass + 139. Fine-tuning uses MART."""
+
+    name = "mad"
+    finetune_epochs = 139
+
+    def plan(self, cfg: Config) -> list[Stage]:
+        m = cfg.method
+        finetune = staged_epochs(cfg, m.finetune_epochs or self.finetune_epochs)
+        return sequence(
+            cfg,
+            [
+                dict(name="pretrain", epochs=staged_epochs(cfg, m.pretrain_epochs), lr=cfg.train.lr),
+                dict(name="saliency", epochs=1, kind="saliency"),
+                dict(
+                    name="finetune",
+                    epochs=finetune,
+                    lr=m.finetune_lr,
+                    schedule="cosine",
+                    objective="mart",
+                    trades_beta=m.mad_beta,
+                ),
+            ],
+        )
+
+    def state(self, cfg: Config, network) -> dict:
+        from frep_tf.layers.reparam import reparam_layers
+
+        layers = reparam_layers(network)
+        average = SaliencyAverage(
+            [tuple(layer.mask.shape) for layer in layers], layer_names=[layer.name for layer in layers], name="saliency"
+        )
+        return {"saliency": average}
+
+    def begin(self, stage: Stage, model, cfg: Config):
+        if stage.name != "finetune":
+            return None
+        from frep_tf.training.pruning import check_layer_densities, layer_densities
+
+        sparsity, floor = cfg.prune.sparsity, cfg.prune.min_layer_density
+        masks = saliency_masks(model.method_state["saliency"].mean(), sparsity, min_density=floor)
+        check_layer_densities(layer_densities([layer.name for layer in model.reparam], masks), sparsity, floor)
+        masks_lib.apply_masks(model.reparam, masks)
+        return model.reparam
+
+    def run_pass(self, stage: Stage, model, splits, steps_per_epoch: int, cfg: Config, verbose: int) -> None:
+        """Per training batch: PGD examples (BatchNorm in inference mode), the soft mask optimised on
+        them, then the second-order saliency, averaged over the batches."""
+        from frep_tf.attacks.pgd import pgd
+
+        avg = model.method_state["saliency"]
+        for total in avg.sums:
+            total.assign(tf.zeros_like(total))
+        avg.batches.assign(0)
+        batches = cfg.method.mad_batches or steps_per_epoch
+        pass_ = SaliencyPass(
+            model.network, model.reparam, steps=cfg.method.mad_mask_steps, learning_rate=cfg.method.mad_mask_lr
+        )
+        t = cfg.train
+        bar = keras.utils.Progbar(batches, verbose=1 if verbose == 1 else 0, unit_name="batch")
+        network_fn = lambda x: model.network(x, training=False)  # noqa: E731
+        for i, (x, y) in enumerate(splits.train_from(stage.start).take(batches)):
+            x_adv = pgd(
+                network_fn,
+                x,
+                y,
+                eps=t.epsilon,
+                steps=t.pgd_steps,
+                step_size=t.pgd_step_size,
+                seed=cfg.run.seed * 100003 + i,
+            )
+            avg.add(pass_.batch(x_adv, y))
+            bar.update(i + 1)
+        if verbose == 2:
+            print(f"saliency: {int(avg.batches.numpy())} batches", flush=True)

@@ -20,12 +20,6 @@ from frep_tf.structure import channel_graph
 from frep_tf.training.pruning import structural_projection
 
 
-def admm_state_layers(layers) -> list:
-    from frep_tf.methods.admm import admm_layers
-
-    return admm_layers(layers)
-
-
 def replicas_in_sync() -> int:
     """Replicas whose gradients the optimizer sums (1 outside tf.distribute)."""
     ctx = tf.distribute.get_replica_context()
@@ -68,10 +62,7 @@ class RobustModel(keras.Model):
         weight_decay: float = 0.0,
         ensemble: bool = True,
         seed: int = 0,
-        admm_state=None,
-        hydra_scores=None,
-        saliency=None,
-        lottery_state=None,
+        method_state: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -100,21 +91,24 @@ class RobustModel(keras.Model):
         self.channels_pruned = keras.Variable(False, dtype="bool", trainable=False, name="channels_pruned")
         self._channel_projection = structural_projection(network, channel_graph(network))
         self.seed_generator = keras.random.SeedGenerator(seed, name="perturbation_seed")
-        # A baseline's own state (frep_tf.methods), attached from the start so that every stage of
-        # the method has the same variables and a checkpoint of any stage restores into the model.
-        self.admm_state = admm_state
-        self.hydra_scores = hydra_scores
-        self.saliency = saliency
-        self.lottery_state = lottery_state
-        self.admm_layers = admm_state_layers(self.reparam) if admm_state is not None else []
-        # How a step trains (set by the method's stage before it compiles): "standard"; "admm" adds
-        # the ADMM penalty to the loss; "score" learns HYDRA's scores through the masks.
-        self.step_mode = "standard"
+        # A method's own state (Method.state: Keras layers by name), attached from the start so that
+        # every stage of the method has the same variables and a checkpoint of any stage restores.
+        self._method_state_names = [str(name) for name in (method_state or {})]
+        for name, layer in (method_state or {}).items():
+            setattr(self, name, layer)  # tracked once, under its own name, as checkpoints have always held it
+        # How the current stage changes the step (frep_tf.methods.base.StepHook), set by the stage
+        # before it compiles; None: the plain robust step.
+        self.step_hook = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.clean_acc = keras.metrics.SparseCategoricalAccuracy(name="clean_acc")
         self.adv_acc = keras.metrics.SparseCategoricalAccuracy(name="adv_acc")
         # The functional network (and its ensemble copy) are built already: so is this wrapper.
         self.built = True
+
+    @property
+    def method_state(self) -> dict:
+        """The method's state layers by name (frep_tf.methods.base.Method.state)."""
+        return {name: getattr(self, name) for name in self._method_state_names}
 
     # -- Keras plumbing ------------------------------------------------------------------------
     def call(self, inputs, training=False):
@@ -194,16 +188,14 @@ class RobustModel(keras.Model):
         variables = self.trainable_variables
         obj = self.objective
         logits_clean = None
-        score_mode = self.step_mode == "score"
-        if score_mode:
-            # HYDRA: the forward pass applies top-k(|score|) through the layers' mask variables.
-            self.hydra_scores.assign_masks(self.reparam)
-            scores = self.hydra_scores.scores
-            carriers = [layer.mask.value for layer in self.reparam]
-            variables = [v for v in variables if not any(v is s for s in scores)]
+        hook, watched = self.step_hook, []
+        if hook is not None:
+            hook.before(self)
+            variables = hook.trainable(self, variables)
+            watched = hook.watched(self)
         with tf.GradientTape() as tape:
-            if score_mode:
-                tape.watch(carriers)
+            if watched:
+                tape.watch(watched)
             if obj in ("sre", "trades", "mart", "natural"):
                 # One clean forward serves both the perturbation target and the loss.
                 logits_clean = self.network(x, training=True)
@@ -221,15 +213,14 @@ class RobustModel(keras.Model):
             else:
                 per_example = losses.cross_entropy(logits_clean, y)
             loss = replica_mean(per_example)
-            if self.step_mode == "admm":
-                kernels = [layer.fused_kernel() for layer in self.admm_layers]
-                loss = loss + self.admm_state.penalty(kernels) / tf.cast(replicas_in_sync(), loss.dtype)
-        if score_mode:
-            grads = tape.gradient(loss, variables + carriers)
-            grads, mask_grads = grads[: len(variables)], grads[len(variables) :]
-            # Straight through the top-k to the scores (frep_tf.methods.hydra).
-            grads = list(grads) + list(self.hydra_scores.score_gradients(mask_grads))
-            variables = variables + list(scores)
+            penalty = None if hook is None else hook.penalty(self)
+            if penalty is not None:
+                loss = loss + penalty / tf.cast(replicas_in_sync(), loss.dtype)
+        if watched:
+            grads = tape.gradient(loss, variables + watched)
+            grads, watched_grads = grads[: len(variables)], grads[len(variables) :]
+            routed_grads, routed_vars = hook.routed(self, watched_grads)
+            grads, variables = list(grads) + routed_grads, variables + routed_vars
         else:
             grads = tape.gradient(loss, variables)
         if self.weight_decay:
