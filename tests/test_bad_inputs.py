@@ -83,8 +83,8 @@ def _files(tmp, workdir):
 
 EVALUATE = ["--mode=evaluate", "--eval_attacks=clean"]
 
-# (id, extra flags, set-up, text the error line must contain). In flags, {tmp} is the case's
-# scratch directory, {models} the shared directory of small Keras models, {workdir} the workdir.
+# (id, extra flags, set-up, text the error line must contain). In flags and that text, {tmp} is the
+# case's scratch directory, {models} the shared directory of small Keras models, {workdir} the workdir.
 CASES = [
     # -- flag values and combinations (before TensorFlow)
     ("sparsity_range", ["--sparsity=1.5"], None, "--sparsity=1.5: must lie in [0, 1)"),
@@ -147,7 +147,12 @@ CASES = [
     ("folder_missing", ["--dataset=folder:{tmp}/none"], None, "/none: not a directory"),
     ("tfds_not_prepared", ["--dataset=cifar10", "--data_dir={tmp}/empty_tfds"], _files, "--data_dir"),
     # -- model files, by path and signature (before TensorFlow)
-    ("model_missing", [*EVALUATE, "--model={tmp}/none.keras"], None, "none.keras: no such file or directory"),
+    (
+        "model_missing",
+        [*EVALUATE, "--model={tmp}/none.keras"],
+        None,
+        "--model={tmp}/none.keras: no such file or directory",
+    ),
     ("model_not_a_zip", [*EVALUATE, "--model={tmp}/bad.keras"], _files, "bad.keras: not a Keras model archive"),
     ("tflite_garbage", [*EVALUATE, "--model={tmp}/bad.tflite"], _files, "bad.tflite: not a TFLite model"),
     ("model_wrong_kind", [*EVALUATE, "--model={tmp}/model.h5"], _files, "model.h5: expected a .keras file"),
@@ -170,6 +175,10 @@ CASES = [
     ("model_wrong_input", [*EVALUATE, "--model={models}/input32.keras"], None, "shape (batch, 8, 8, 1)"),
     ("checkpoint_damaged", [], _damaged_checkpoint, "checkpoint/epoch-00001/variables.npz is damaged"),
 ]
+
+
+# Caught before TensorFlow starts: nothing else is printed, the error line is all of stderr.
+BEFORE_TENSORFLOW = {case[0] for case in CASES[: [case[0] for case in CASES].index("npz_nan_pixels")]}
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +241,9 @@ def test_bad_input_gives_one_line_exit_2_and_leaves_no_trace(name, flags, setup,
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(errors) == 1, proc.stderr
-    assert expected in errors[0], errors[0]
+    assert expected.format(**subs) in errors[0], errors[0]
+    if name in BEFORE_TENSORFLOW:
+        assert [line for line in proc.stderr.splitlines() if line.strip()] == errors, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert _snapshot(workdir) == before, "the workdir was changed"
 
