@@ -112,7 +112,7 @@ def test_layer_check_names_cut_and_starved_layers():
     check_layer_densities({"conv3": kept(11, 73728), "head": kept(300, 640)}, 0.99, min_density=1e-4)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def digits_half_width_99(tmp_path_factory):
     """The issue's case at a tiny size: small_cnn --width=0.5 (conv 144 / 4,608 / 18,432, head 640), FReP, 99 %."""
     flags = [
@@ -137,8 +137,7 @@ def digits_half_width_99(tmp_path_factory):
 def test_pruning_during_training_that_cuts_the_network_is_refused_and_changes_nothing():
     """The refusal where training meets it: GlobalPruning's one-shot prune inside fit raises PruningError
     naming the cut layer and --min_layer_density, before any mask, factor or flag is changed (so the last
-    checkpoint stays a consistent unpruned state). The exit status 3 and the kept checkpoint of a run that
-    fails in training are checked through main.py by test_resume.py (NaN) and test_failures.py (OOM)."""
+    checkpoint stays a consistent unpruned state). Through main.py: test_pruning_that_cuts_the_network_is_refused."""
     keras.utils.set_random_seed(0)
     net = build_model("small_cnn", input_shape=(8, 8, 1), parameterization="hadamard", width=0.25)
     model = RobustModel(net, objective="sre", epsilon=0.1)
@@ -163,6 +162,19 @@ def test_pruning_during_training_that_cuts_the_network_is_refused_and_changes_no
     after = [np.asarray(v) for layer in model.reparam for v in layer.prunable_weights()]
     for old, new in zip(seen["factors"], after, strict=True):
         np.testing.assert_array_equal(old, new)
+
+
+def test_pruning_that_cuts_the_network_is_refused(digits_half_width_99):
+    root, flags, run_main = digits_half_width_99
+    proc = run_main(*flags, f"--workdir={root / 'refused'}")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: global pruning"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "conv3 keeps 0 of 18,432" in errors[0] and "--min_layer_density=" in errors[0]
+    assert "epoch-00002, is kept" in errors[0]
+    assert (root / "refused" / "checkpoint" / "epoch-00002").is_dir()
+    assert not (root / "refused" / "results.json").exists()
 
 
 def test_min_layer_density_prunes_that_far_and_trains_above_chance(digits_half_width_99):
