@@ -58,7 +58,8 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)  # TF's SavedModel writer logs every step at INFO
     if len(argv) > 1:
         _fail(f"unexpected argument(s) {' '.join(argv[1:])}; every setting is a --flag (see --help)")
-    from frep_tf.config import ConfigError, validate
+    from frep_tf.config import ConfigError
+    from frep_tf.validation import validate
 
     try:
         cfg = flags.config_from_flags(absl_flags.FLAGS)

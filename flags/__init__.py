@@ -34,7 +34,7 @@ def _define(field: dataclasses.Field, flag_values: absl_flags.FlagValues) -> Non
     elif isinstance(default, float):
         absl_flags.DEFINE_float(field.name, default, help_text, flag_values=flag_values)
     else:
-        # Strings with choices are checked by config.validate, so every bad value gets the same
+        # Strings with choices are checked by frep_tf.validation, so every bad value gets the same
         # one-line message shape.
         absl_flags.DEFINE_string(field.name, default, help_text, flag_values=flag_values)
 
@@ -74,7 +74,7 @@ def parse_args(args: list[str]) -> Config:
     """The validated Config `python main.py ARGS` would run with; ConfigError (one line) if it would not
     start, FlagParseError when a flag is unknown or its value does not parse. The experiment runner
     checks every cell with it before any cell runs."""
-    from frep_tf.config import validate
+    from frep_tf.validation import validate
 
     values = absl_flags.FlagValues()
     define_all(values)

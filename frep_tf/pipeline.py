@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
@@ -25,13 +26,13 @@ import time
 import numpy as np
 
 from frep_tf import kill_points, resume
-from frep_tf.config import Config, ConfigError, validate
+from frep_tf.config import Config, ConfigError
 from frep_tf.data.splits import dataset_arrays
 from frep_tf.final_evaluation import evaluate_classifier, evaluate_deployed, input_gradient_l1, transfer_pgd
 from frep_tf.io_utils import fsync_dir, remove, write_json_atomic
-from frep_tf.results import attack_results, compact_summary, info_dict, method_summary, summary_table
+from frep_tf.results import RESULTS_SCHEMA_VERSION, attack_results, info_dict, summary_table
+from frep_tf.validation import validate
 
-RESULTS_SCHEMA_VERSION = 2  # 2: evaluation_tflite per exported TFLite file; compact; int8_calibration (+ method)
 INT8_CALIBRATION_IMAGES = 256  # training images the int8 exports are calibrated on
 
 
@@ -268,154 +269,230 @@ def _checkpoint_epoch(workdir: str) -> int:
         return 0
 
 
-def run_train(cfg: Config) -> dict:
-    from frep_tf import export as export_lib
-    from frep_tf.fuse import fuse
-    from frep_tf.methods import stages as stages_lib
-    from frep_tf.model_io import load_classifier
-    from frep_tf.training import checkpoint
-    from frep_tf.training.checkpoint import EpochCheckpoint
-    from frep_tf.training.guards import NonFiniteLossError
-    from frep_tf.training.pruning import PruningError, kernel_sparsity, layer_densities
-    from frep_tf.weight_stats import sparsity_measures, weight_histogram
+@dataclasses.dataclass
+class _Training:
+    """A training run's state between its phases (build, train, export, evaluate, results)."""
 
-    workdir = cfg.run.workdir
-    checkpoint_dir = os.path.join(workdir, resume.CHECKPOINT_DIR)
+    cfg: Config
+    method: object
+    timer: Stages
+    source: dict | None = None
+    strategy: object = None
+    chief: bool = True
+    out_dir: str = ""
+    splits: object = None
+    steps_per_epoch: int = 0
+    plan: list = dataclasses.field(default_factory=list)
+    model: object = None
+    current: int = 0
+    decay_steps: tuple = ()
+    epoch: int = 0
+    last_logs: dict = dataclasses.field(default_factory=dict)
+    clock: object = None
+    restored: object = None
+
+    @property
+    def workdir(self) -> str:
+        return self.cfg.run.workdir
+
+    @property
+    def total_epochs(self) -> int:
+        from frep_tf.methods import stages as stages_lib
+
+        return stages_lib.total_epochs(self.plan)
+
+
+def run_train(cfg: Config) -> dict:
+    """Build, train every stage of the method, export, evaluate, write results.json (chief only)."""
+    from frep_tf.methods import stages as stages_lib
+
     method = stages_lib.method_of(cfg)
     source = method.before_training(cfg, run)  # IWI's stage 1: its small sparse network, a run of its own
     if source is not None:
         _enter_stage("start")
-    stages = Stages()
-    with stages("setup"):
-        strategy = _setup_tf(cfg)
+    t = _Training(cfg, method, Stages(), source)
+    _build(t)
+    with t.timer("train"):
+        _train_stages(t)
+    if not t.chief:
+        remove(t.out_dir)
+        resolver = t.strategy.cluster_resolver
+        print(
+            f"[frep_tf] {resolver.task_type} {resolver.task_id}: training done; the chief exports, evaluates "
+            f"and writes {t.workdir}",
+            flush=True,
+        )
+        return {"training": {"epochs": t.total_epochs, "final_epoch": t.last_logs}}
+    return _finish(t)
+
+
+def _build(t: _Training) -> None:
+    """Set up TensorFlow, load the data, build the model for the stage a checkpoint is in, restore it."""
+    from frep_tf.methods import stages as stages_lib
+
+    cfg = t.cfg
+    with t.timer("setup"):
+        t.strategy = _setup_tf(cfg)
         # Multi-worker: only the chief writes the run's outputs; every other worker writes its
         # checkpoints and TensorBoard logs into a temporary directory, deleted once training ends.
-        chief = is_chief(strategy)
-        out_dir = workdir if chief else tempfile.mkdtemp(prefix="frep_tf-worker-")
-        if not chief:
-            atexit.register(remove, out_dir)  # also when training fails
-    with stages("data"):
-        splits = load_data(cfg)
-        info = splits.info
-        steps_per_epoch = info.num_train // cfg.data.batch_size
-        if steps_per_epoch < 1:
+        t.chief = is_chief(t.strategy)
+        t.out_dir = t.workdir if t.chief else tempfile.mkdtemp(prefix="frep_tf-worker-")
+        if not t.chief:
+            atexit.register(remove, t.out_dir)  # also when training fails
+    with t.timer("data"):
+        t.splits = load_data(cfg)
+        info = t.splits.info
+        t.steps_per_epoch = info.num_train // cfg.data.batch_size
+        if t.steps_per_epoch < 1:
             raise ConfigError(
                 f"--batch_size={cfg.data.batch_size}: larger than the {info.num_train} training examples of "
                 f"{info.name}; use a smaller batch"
             )
-    plan = stages_lib.plan(cfg)
-    total_epochs = stages_lib.total_epochs(plan)
-    print(f"[frep_tf] {stages_lib.describe(cfg, plan)}", flush=True)  # what will train, before it costs hours
-    with stages("build"), strategy.scope():
-        model = build_robust_model(cfg, info)
+    t.plan = stages_lib.plan(cfg)
+    print(f"[frep_tf] {stages_lib.describe(cfg, t.plan)}", flush=True)  # what will train, before it costs hours
+    with t.timer("build"), t.strategy.scope():
+        t.model = build_robust_model(cfg, info)
         # The checkpoint's epoch says which stage wrote it: that stage's trainable variables and
         # optimizer are set up before it is restored (frep_tf.methods.stages).
-        current = 0 if cfg.run.overwrite else stages_lib.locate(plan, _checkpoint_epoch(workdir))
-        stages_lib.configure(plan[current], model, cfg)
-        decay_steps = stages_lib.compile_stage(plan[current], model, steps_per_epoch, cfg)
-        restored = None if cfg.run.overwrite else _restore(model, workdir)
+        t.current = 0 if cfg.run.overwrite else stages_lib.locate(t.plan, _checkpoint_epoch(t.workdir))
+        stages_lib.configure(t.plan[t.current], t.model, cfg)
+        t.decay_steps = stages_lib.compile_stage(t.plan[t.current], t.model, t.steps_per_epoch, cfg)
+        t.restored = None if cfg.run.overwrite else _restore(t.model, t.workdir)
     # Every check has passed: from here on the workdir is written.
-    if chief:
+    if t.chief:
         resume.prepare(cfg)
-    epoch = restored.epoch if restored else 0
-    last_logs = restored.logs if restored else {}
-    clock = stages_lib.StageClock((restored.extra.get("stages") if restored else None) or {})
-    with stages("train"):
-        if restored:
-            print(
-                f"[frep_tf] resuming from {os.path.relpath(restored.path, workdir)}: "
-                f"{epoch} of {total_epochs} epochs done ({plan[current].name} stage)",
-                flush=True,
-            )
-        try:
-            for index in range(current, len(plan)):
-                stage = plan[index]
-                if epoch >= stage.end:
-                    continue
-                with strategy.scope():
-                    if index != current:
-                        stages_lib.configure(stage, model, cfg)
-                        decay_steps = stages_lib.compile_stage(stage, model, steps_per_epoch, cfg)
-                        current = index
-                    if epoch == stage.start:
-                        stages_lib.begin(stage, model, cfg)
-                    if len(plan) > 1:
-                        print(
-                            f"[frep_tf] stage {stage.name}: epochs {epoch + 1}-{stage.end} of {total_epochs}",
-                            flush=True,
-                        )
-                    clock.start(stage.name)
-                    if stage.kind != "fit":  # a pass over the data, no optimizer steps (MAD's saliency)
-                        method.run_pass(stage, model, splits, steps_per_epoch, cfg, _verbose(cfg))
-                        clock.lap()
-                        saved = checkpoint.save(
-                            model,
-                            os.path.join(out_dir, resume.CHECKPOINT_DIR),
-                            stage.end,
-                            {},
-                            {"stages": clock.snapshot()},
-                        )
-                        checkpoint.prune_others(os.path.join(out_dir, resume.CHECKPOINT_DIR), keep=saved)
-                        epoch = stage.end
-                        continue
-                    callbacks = stages_lib.make_callbacks(
-                        cfg, model, stage, plan, splits, decay_steps, out_dir, clock, steps_per_epoch
-                    )
-                model.fit(
-                    splits.train_from(epoch),
-                    epochs=stage.end,
-                    initial_epoch=epoch,
-                    steps_per_epoch=steps_per_epoch,
-                    validation_data=splits.val,
-                    callbacks=callbacks,
-                    shuffle=False,  # the data pipeline shuffles, as a function of (seed, epoch)
-                    verbose=_verbose(cfg),
-                )
-                epoch = stage.end
-                last_logs = next(cb for cb in callbacks if isinstance(cb, EpochCheckpoint)).last_logs
-        except (NonFiniteLossError, PruningError) as exc:
-            kept = checkpoint.latest(checkpoint_dir)
-            where = (
-                f"the last good checkpoint, {kept}, is kept"
-                if kept
-                else "no epoch had finished, so there is no checkpoint"
-            )
-            hint = "Try a lower --lr" if isinstance(exc, NonFiniteLossError) else "Run again"
-            raise type(exc)(f"{exc}; {where}. {hint} (with --overwrite or another --workdir)") from None
-    if not chief:
-        remove(out_dir)
-        resolver = strategy.cluster_resolver
+    t.epoch = t.restored.epoch if t.restored else 0
+    t.last_logs = t.restored.logs if t.restored else {}
+    t.clock = stages_lib.StageClock((t.restored.extra.get("stages") if t.restored else None) or {})
+
+
+def _train_stages(t: _Training) -> None:
+    """Every stage not yet done, from the checkpoint's; a failure keeps the last good checkpoint."""
+    from frep_tf.training import checkpoint
+    from frep_tf.training.guards import NonFiniteLossError
+    from frep_tf.training.pruning import PruningError
+
+    if t.restored:
         print(
-            f"[frep_tf] {resolver.task_type} {resolver.task_id}: training done; the chief exports, evaluates "
-            f"and writes {workdir}",
+            f"[frep_tf] resuming from {os.path.relpath(t.restored.path, t.workdir)}: "
+            f"{t.epoch} of {t.total_epochs} epochs done ({t.plan[t.current].name} stage)",
             flush=True,
         )
-        return {"training": {"epochs": total_epochs, "final_epoch": last_logs}}
+    try:
+        for index in range(t.current, len(t.plan)):
+            if t.epoch < t.plan[index].end:
+                _train_stage(t, index)
+    except (NonFiniteLossError, PruningError) as exc:
+        kept = checkpoint.latest(os.path.join(t.workdir, resume.CHECKPOINT_DIR))
+        where = (
+            f"the last good checkpoint, {kept}, is kept" if kept else "no epoch had finished, so there is no checkpoint"
+        )
+        hint = "Try a lower --lr" if isinstance(exc, NonFiniteLossError) else "Run again"
+        raise type(exc)(f"{exc}; {where}. {hint} (with --overwrite or another --workdir)") from None
+
+
+def _train_stage(t: _Training, index: int) -> None:
+    from frep_tf.methods import stages as stages_lib
+    from frep_tf.training import checkpoint
+    from frep_tf.training.checkpoint import EpochCheckpoint
+
+    cfg, stage, model = t.cfg, t.plan[index], t.model
+    with t.strategy.scope():
+        if index != t.current:
+            stages_lib.configure(stage, model, cfg)
+            t.decay_steps = stages_lib.compile_stage(stage, model, t.steps_per_epoch, cfg)
+            t.current = index
+        if t.epoch == stage.start:
+            stages_lib.begin(stage, model, cfg)
+        if len(t.plan) > 1:
+            print(f"[frep_tf] stage {stage.name}: epochs {t.epoch + 1}-{stage.end} of {t.total_epochs}", flush=True)
+        t.clock.start(stage.name)
+        if stage.kind != "fit":  # a pass over the data, no optimizer steps (MAD's saliency)
+            t.method.run_pass(stage, model, t.splits, t.steps_per_epoch, cfg, _verbose(cfg))
+            t.clock.lap()
+            directory = os.path.join(t.out_dir, resume.CHECKPOINT_DIR)
+            saved = checkpoint.save(model, directory, stage.end, {}, {"stages": t.clock.snapshot()})
+            checkpoint.prune_others(directory, keep=saved)
+            t.epoch = stage.end
+            return
+        callbacks = stages_lib.make_callbacks(
+            cfg, model, stage, t.plan, t.splits, t.decay_steps, t.out_dir, t.clock, t.steps_per_epoch
+        )
+    model.fit(
+        t.splits.train_from(t.epoch),
+        epochs=stage.end,
+        initial_epoch=t.epoch,
+        steps_per_epoch=t.steps_per_epoch,
+        validation_data=t.splits.val,
+        callbacks=callbacks,
+        shuffle=False,  # the data pipeline shuffles, as a function of (seed, epoch)
+        verbose=_verbose(cfg),
+    )
+    t.epoch = stage.end
+    t.last_logs = next(cb for cb in callbacks if isinstance(cb, EpochCheckpoint)).last_logs
+
+
+def _finish(t: _Training) -> dict:
+    """The chief: the final model (the ensemble, or the fused network), exported and evaluated; results.json."""
+    from frep_tf.fuse import fuse
+    from frep_tf.results import train_results
+    from frep_tf.training.pruning import layer_densities
+
+    cfg, model = t.cfg, t.model
     final = model.ensemble if model.ensemble is not None else fuse(model.network)
-    if method.prunes_after_training:
-        with stages("prune"):  # paper Fig. 8: once, after the last epoch, no fine-tuning
-            masks = method.after_training(final, cfg)
+    if t.method.prunes_after_training:
+        with t.timer("prune"):  # paper Fig. 8: once, after the last epoch, no fine-tuning
+            masks = t.method.after_training(final, cfg)
     else:
         masks = layer_densities(
             [layer.name for layer in model.reparam], [np.asarray(layer.mask) for layer in model.reparam]
         )
+    outputs = _export_and_evaluate(t, final)
+    _enter_stage("results")
+    results = train_results(
+        cfg,
+        t.splits.info,
+        model,
+        final,
+        masks=masks,
+        plan=t.plan,
+        clock=t.clock,
+        steps_per_epoch=t.steps_per_epoch,
+        last_logs=t.last_logs,
+        timings=t.timer.seconds | {"total": t.timer.total()},
+        source=_source_summary(cfg, t.source) if cfg.method.method == "iwi" else None,
+        **outputs,
+    )
+    write_json_atomic(os.path.join(t.workdir, resume.RESULTS_FILE), results)
+    kill_points.kill_point("results")
+    # The run is finished (results.json is what says so): its training state is no longer needed.
+    remove(os.path.join(t.workdir, resume.CHECKPOINT_DIR))
+    print(summary_table(results))
+    return results
+
+
+def _export_and_evaluate(t: _Training, final) -> dict:
+    """Every requested export, then the evaluation of the exported model reloaded from disk (and of
+    every TFLite file on the interpreter)."""
+    from frep_tf import export as export_lib
+    from frep_tf.model_io import load_classifier
+
+    cfg, splits, info = t.cfg, t.splits, t.splits.info
     x_test, y_test = dataset_arrays(splits.test)
-    export_dir = os.path.join(workdir, resume.EXPORT_DIR)
     records, compact_report, representative = [], {}, None
-    with stages("export"):
+    with t.timer("export"):
         if cfg.export_formats:
             if any(f in cfg.export_formats for f in ("tflite_int8", "tflite_int8_dense", "compact")):
                 # int8 calibration images come from the training split, never the test split.
                 representative, _ = dataset_arrays(splits.train, INT8_CALIBRATION_IMAGES)
             records = export_atomically(
-                final, workdir, cfg.export_formats, x_test[:64], representative=representative, report=compact_report
+                final, t.workdir, cfg.export_formats, x_test[:64], representative=representative, report=compact_report
             )
-    with stages("evaluate"):
-        # Robust accuracy is measured on the exported model, reloaded from disk.
+    with t.timer("evaluate"):
         evaluated = None
         for fmt in ("keras", "saved_model"):
             if fmt in cfg.export_formats:
-                evaluated = os.path.join(export_dir, export_lib.FILENAMES[fmt])
+                evaluated = os.path.join(t.workdir, resume.EXPORT_DIR, export_lib.FILENAMES[fmt])
                 break
         if evaluated is not None:
             model_fn = load_classifier(evaluated, input_shape=info.image_shape, num_classes=info.num_classes)
@@ -429,67 +506,14 @@ def run_train(cfg: Config) -> dict:
         tflite_files = {r.format: r.path for r in records if r.format in export_lib.TFLITE_FORMATS}
         if cfg.eval.eval_tflite and tflite_files:
             tflite_evaluation = evaluate_deployed(tflite_files, model_fn, x_test, y_test, cfg, info.num_classes)
-    _enter_stage("results")
-    sparsity = kernel_sparsity(final)
-    trainable_training = int(sum(np.prod(v.shape) for v in model.network.trainable_weights))
-    results = {
-        "schema_version": RESULTS_SCHEMA_VERSION,
-        "mode": "train",
-        "dataset": info_dict(info),
-        "model": {
-            "arch": cfg.model.arch,
-            "parameterization": cfg.model.parameterization,
-            # Which weights `final` (the exported model) holds: read off that object, not the configuration.
-            "evaluated": "ensemble" if final is model.ensemble else "network",
-            "evaluated_path": os.path.relpath(evaluated, workdir) if evaluated else None,
-        },
-        "params": {
-            "training_trainable": trainable_training,
-            "deployed": sparsity["all_params"],
-            "deployed_kernels": sparsity["kernel_params"],
-            "deployed_nonzero": sparsity["nonzero_params"],
-        },
-        "sparsity": {"kernels": sparsity["kernels"], "all_parameters": sparsity["all_parameters"]},
-        "weight_histogram": weight_histogram(final),  # paper Fig. 7, for reports
-        "sparsity_measures": sparsity_measures(final),
-        # What each prunable layer keeps of its weights (its mask; the training network's layer names).
-        "pruning": {"layers": masks},
+    return {
+        "records": records,
+        "compact_report": compact_report,
+        "representative": representative,
+        "evaluated": evaluated,
         "evaluation": evaluation,
-        "evaluation_tflite": tflite_evaluation,
-        "exports": [
-            {
-                "format": r.format,
-                "path": os.path.relpath(r.path, workdir),
-                "bytes": r.bytes,
-                "max_abs_diff": r.max_abs_diff,
-                "seconds": round(r.seconds, 3),
-            }
-            | ({"int8_top1_agreement": r.agreement} if r.agreement is not None else {})
-            for r in records
-        ],
-        "int8_calibration": (
-            None if representative is None else {"split": "train", "images": int(len(representative))}
-        ),
-        "compact": compact_summary(compact_report, records) if compact_report else None,
-        "method": method_summary(cfg, plan, clock)
-        | ({"source": _source_summary(cfg, source)} if cfg.method.method == "iwi" else {}),
-        "training": {
-            "epochs": total_epochs,
-            "steps": sum(st.epochs * steps_per_epoch for st in plan if st.kind == "fit"),
-            "steps_per_epoch": steps_per_epoch,
-            "ensemble_updates": int(model.ensemble_updates.numpy()),
-            # The last epoch's logs, as its checkpoint recorded them: the same whether that epoch
-            # ran in this process or before a kill.
-            "final_epoch": last_logs,
-        },
-        "timings": stages.seconds | {"total": stages.total()},
+        "tflite_evaluation": tflite_evaluation,
     }
-    write_json_atomic(os.path.join(workdir, resume.RESULTS_FILE), results)
-    kill_points.kill_point("results")
-    # The run is finished (results.json is what says so): its training state is no longer needed.
-    remove(checkpoint_dir)
-    print(summary_table(results))
-    return results
 
 
 def export_atomically(model, workdir: str, formats, check_inputs, *, representative=None, report=None) -> list:

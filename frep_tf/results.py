@@ -6,6 +6,89 @@ import os
 
 from frep_tf.config import TABLE_I_COLUMNS, Config
 
+RESULTS_SCHEMA_VERSION = 2  # 2: evaluation_tflite per exported TFLite file; compact; int8_calibration (+ method)
+
+
+def train_results(
+    cfg: Config,
+    info,
+    model,
+    final,
+    *,
+    masks,
+    plan,
+    clock,
+    steps_per_epoch: int,
+    last_logs: dict,
+    timings: dict,
+    source: dict | None,
+    records,
+    compact_report,
+    representative,
+    evaluated: str | None,
+    evaluation: dict,
+    tflite_evaluation,
+) -> dict:
+    """results.json of a training run (its schema, documented in docs/outputs.md, lives here)."""
+    import numpy as np
+
+    from frep_tf.training.pruning import kernel_sparsity
+    from frep_tf.weight_stats import sparsity_measures, weight_histogram
+
+    workdir = cfg.run.workdir
+    sparsity = kernel_sparsity(final)
+    return {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "mode": "train",
+        "dataset": info_dict(info),
+        "model": {
+            "arch": cfg.model.arch,
+            "parameterization": cfg.model.parameterization,
+            # Which weights `final` (the exported model) holds: read off that object, not the configuration.
+            "evaluated": "ensemble" if final is model.ensemble else "network",
+            "evaluated_path": os.path.relpath(evaluated, workdir) if evaluated else None,
+        },
+        "params": {
+            "training_trainable": int(sum(np.prod(v.shape) for v in model.network.trainable_weights)),
+            "deployed": sparsity["all_params"],
+            "deployed_kernels": sparsity["kernel_params"],
+            "deployed_nonzero": sparsity["nonzero_params"],
+        },
+        "sparsity": {"kernels": sparsity["kernels"], "all_parameters": sparsity["all_parameters"]},
+        "weight_histogram": weight_histogram(final),  # paper Fig. 7, for reports
+        "sparsity_measures": sparsity_measures(final),
+        # What each prunable layer keeps of its weights (its mask; the training network's layer names).
+        "pruning": {"layers": masks},
+        "evaluation": evaluation,
+        "evaluation_tflite": tflite_evaluation,
+        "exports": [
+            {
+                "format": r.format,
+                "path": os.path.relpath(r.path, workdir),
+                "bytes": r.bytes,
+                "max_abs_diff": r.max_abs_diff,
+                "seconds": round(r.seconds, 3),
+            }
+            | ({"int8_top1_agreement": r.agreement} if r.agreement is not None else {})
+            for r in records
+        ],
+        "int8_calibration": (
+            None if representative is None else {"split": "train", "images": int(len(representative))}
+        ),
+        "compact": compact_summary(compact_report, records) if compact_report else None,
+        "method": method_summary(cfg, plan, clock) | ({"source": source} if source is not None else {}),
+        "training": {
+            "epochs": plan[-1].end,
+            "steps": sum(st.epochs * steps_per_epoch for st in plan if st.kind == "fit"),
+            "steps_per_epoch": steps_per_epoch,
+            "ensemble_updates": int(model.ensemble_updates.numpy()),
+            # The last epoch's logs, as its checkpoint recorded them: the same whether that epoch
+            # ran in this process or before a kill.
+            "final_epoch": last_logs,
+        },
+        "timings": timings,
+    }
+
 
 def method_summary(cfg: Config, plan, clock) -> dict:
     """results.json `method`: the stages that ran, each with its epochs, wall time and peak memory."""

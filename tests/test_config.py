@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from frep_tf.config import Config, ConfigError, validate
+from frep_tf.config import Config, ConfigError
+from frep_tf.validation import validate
 
 
 def _cfg(**flat):

@@ -112,7 +112,7 @@ def test_evaluate_mode_reproduces_the_runs_clean_accuracy(name, run):
 
     import flags
     from frep_tf import pipeline
-    from frep_tf.config import validate
+    from frep_tf.validation import validate
 
     workdir, results, _, _, _, _ = run
     fv = absl_flags.FlagValues()

@@ -13,8 +13,9 @@ import signal
 import numpy as np
 import pytest
 
-from frep_tf.config import Config, ConfigError, validate
+from frep_tf.config import Config, ConfigError
 from frep_tf.methods import admm, stages
+from frep_tf.validation import validate
 from tests.test_main import run_main  # noqa: F401 (also used by test_methods_lottery)
 
 TINY = [

@@ -1,4 +1,4 @@
-"""Runs that survive (DESIGN §9): workdir rules, checkpoints, the NaN guard, and real kills.
+"""Runs that survive (docs/outputs.md): workdir rules, checkpoints, the NaN guard, and real kills.
 
 The end-to-end tests start `main.py` in subprocesses on the digits quickstart (4 epochs, pruning at
 the start of epoch 3, --deterministic), kill one run with SIGKILL three times (while a checkpoint is
@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from frep_tf import kill_points, resume
-from frep_tf.config import Config, ConfigError, validate
+from frep_tf.config import Config, ConfigError
+from frep_tf.validation import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = list(kill_points.QUICK_RUN_FLAGS)
