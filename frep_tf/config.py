@@ -33,13 +33,13 @@ ENSEMBLE_INTERVAL_FROM = ("global", "decay")
 MODES = ("train", "evaluate", "predict", "experiment", "report")
 # frep: the paper's method (and Ori with --parameterization=plain); the baselines of Tables I/II/V;
 # posthoc: the Fig. 8 ablation (train to the end, prune once, no fine-tuning).
-METHODS = ("frep", "lwm", "admm", "hydra", "mad", "posthoc", "lottery", "iwi")
+METHODS = ("frep", "lwm", "admm", "hydra", "mad", "posthoc", "lottery", "iwi", "harp")
 IWI_SOURCES = ("lottery", "frep", "lwm", "admm", "hydra", "mad", "posthoc")
 IWI_MAPPINGS = ("sparse", "narrow")
 IWI_FILLS = ("zero", "tiny")
 # What a baseline trains with unless its flag is given (docs/methods.md): plain layers, PGD-10, no ensemble.
 BASELINE_DEFAULTS = {"parameterization": "plain", "objective": "pgd", "ensemble": False}
-BASELINES = ("lwm", "admm", "hydra", "mad", "lottery", "iwi")
+BASELINES = ("lwm", "admm", "hydra", "mad", "lottery", "iwi", "harp")
 
 
 class ConfigError(ValueError):
@@ -200,6 +200,21 @@ class MethodConfig:
     iwi_source_width: float = _f(0.5, "iwi --iwi_mapping=narrow: the small network's --width")
     iwi_fill: str = _f("zero", "iwi: what the large network holds where the small one has no weight", choices=IWI_FILLS)
     iwi_tiny: float = _f(1e-3, "iwi --iwi_fill=tiny: uniform in +-iwi_tiny * max|W| of the source layer")
+    harp_gamma: float = _f(
+        0.01,
+        "harp: weight of the budget term at the start of the prune stage; it grows step-wise to (p + 1) x this in "
+        "run p of --harp_gamma_steps and is frozen once the budget is met (the original's --gamma 0.01)",
+    )
+    harp_gamma_steps: int = _f(
+        20,
+        "harp: equal runs of optimizer steps the prune stage (--score_epochs long; pretrain and finetune as hydra's) "
+        "is cut into for gamma (the original: its 20 epochs)",
+    )
+    harp_init_density: float = _f(
+        0.1,
+        "harp: every layer's kept fraction when rate learning starts, at least 1 - --sparsity (the original's "
+        "uniform 0.1 for a 1 % target)",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -251,6 +251,16 @@ def _check_method(cfg: Config) -> None:
         raise _bad("admm_epochs", 0, "--method=admm needs an ADMM stage of at least one epoch")
     if method == "hydra" and m.score_epochs == 0:
         raise _bad("score_epochs", 0, "--method=hydra needs a score-learning stage of at least one epoch")
+    if method == "harp" and m.score_epochs == 0:
+        raise _bad("score_epochs", 0, "--method=harp needs a prune stage of at least one epoch")
+    if method == "harp" and p.prune_schedule != "oneshot":
+        raise _bad("prune_schedule", p.prune_schedule, "--method=harp has its own pruning stages (oneshot only)")
+    if not m.harp_gamma > 0:
+        raise _bad("harp_gamma", m.harp_gamma, "must be > 0")
+    if m.harp_gamma_steps < 1:
+        raise _bad("harp_gamma_steps", m.harp_gamma_steps, "must be a positive integer")
+    if not 0 < m.harp_init_density <= 1:
+        raise _bad("harp_init_density", m.harp_init_density, "must lie in (0, 1]")
     if method not in ("frep", "lwm", "posthoc") and cfg.run.distribution != "none":
         raise _bad(
             "distribution",

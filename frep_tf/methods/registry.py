@@ -5,13 +5,16 @@ from __future__ import annotations
 from frep_tf.methods.admm import ADMM
 from frep_tf.methods.base import Method
 from frep_tf.methods.frep import FReP, Posthoc
+from frep_tf.methods.harp import HARP
 from frep_tf.methods.hydra import HYDRA
 from frep_tf.methods.iwi import IWI
 from frep_tf.methods.lottery import Lottery
 from frep_tf.methods.lwm import LWM
 from frep_tf.methods.mad import MAD
 
-METHODS: dict[str, Method] = {m.name: m for m in (FReP(), LWM(), ADMM(), HYDRA(), MAD(), Posthoc(), Lottery(), IWI())}
+METHODS: dict[str, Method] = {
+    m.name: m for m in (FReP(), LWM(), ADMM(), HYDRA(), MAD(), Posthoc(), Lottery(), IWI(), HARP())
+}
 
 
 def get(name: str) -> Method:
