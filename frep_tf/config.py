@@ -104,7 +104,7 @@ class TrainConfig:
     epochs: int = _f(
         100,
         "epochs of the method's main training stage (paper: 100): frep, lwm, posthoc, iwi's large network, and "
-        "lottery's dense stage and each of its rounds; admm / hydra / mad use their stage flags",
+        "lottery's dense stage and each of its rounds; admm / hydra / harp / mad use their stage flags",
     )
     lr: float = _f(0.1, "initial learning rate, divided by 10 at 70 % and 85 % of training (paper)")
     momentum: float = _f(0.9, "SGD momentum (paper)")
@@ -152,19 +152,20 @@ class MethodConfig:
         choices=METHODS,
     )
     pretrain_epochs: int = _f(
-        100, "admm / hydra / mad: dense adversarial pre-training epochs (paper Table V); lottery uses --epochs"
+        100, "admm / hydra / harp / mad: dense adversarial pre-training epochs (paper Table V); lottery uses --epochs"
     )
     admm_epochs: int = _f(100, "admm: epochs of the ADMM stage (Table V: 100 + 100 + 100)")
     admm_interval: int = _f(
         10, "admm: epochs between ADMM updates (rho *= 1.3, Z = proj(W + U), U += W - Z); scaled by --epoch_scale"
     )
     admm_rho: float = _f(1e-3, "admm: initial penalty rho of every layer")
-    score_epochs: int = _f(20, "hydra: score-learning epochs (Table V: 100 + 20 + 100)")
+    score_epochs: int = _f(20, "hydra: score-learning epochs (Table V: 100 + 20 + 100); harp: its prune stage")
     finetune_epochs: int = _f(
-        0, "admm / hydra / mad: masked fine-tuning epochs; 0 = the method's own (admm 100, hydra 100, mad 139)"
+        0,
+        "admm / hydra / harp / mad: masked fine-tuning epochs; 0 = the method's own (admm 100, hydra 100, harp 100, mad 139)",
     )
     finetune_lr: float = _f(
-        0.01, "admm / hydra / mad: learning rate of the ADMM, retraining and fine-tuning stages, cosine"
+        0.01, "admm / hydra / harp / mad: learning rate of the ADMM, retraining and fine-tuning stages, cosine"
     )
     mad_mask_steps: int = _f(20, "mad: Adam steps on the soft mask per saliency batch (the original's 20)")
     mad_mask_lr: float = _f(0.1, "mad: Adam learning rate of the soft mask (the original's 0.1)")

@@ -265,7 +265,7 @@ def _check_method(cfg: Config) -> None:
         raise _bad(
             "distribution",
             cfg.run.distribution,
-            f"--method={method} is tested on one device only (HYDRA's masks and MAD's saliency pass assign "
+            f"--method={method} is tested on one device only (HYDRA's and HARP's masks and MAD's saliency pass assign "
             "variables inside the step); use --distribution=none",
         )
     if m.lottery_rounds < 1:

@@ -348,3 +348,11 @@ def test_a_damaged_results_file_fails_its_cell_not_the_report(tmp_path):
     assert failed["name"] == "a" and "results.json: not valid JSON (line 1" in failed["reason"]
     assert summary["figures"] == {}
     assert "No cell has finished yet." in (tmp_path / "report.md").read_text()
+
+
+def test_every_method_has_its_papers_name_in_reports():
+    from frep_tf.config import METHODS
+
+    # frep's rows are named by parameterization (FReP / FReP-CH / Ori); every other method by its paper.
+    assert set(METHODS) - {"frep"} == set(report.BASELINE_NAMES)
+    assert set(report.BASELINE_NAMES.values()) <= set(report.METHOD_ORDER)

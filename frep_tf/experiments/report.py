@@ -59,12 +59,26 @@ BASELINE_NAMES = {
     "lwm": "LWM",
     "admm": "ADMM",
     "hydra": "HYDRA",
+    "harp": "HARP",
     "mad": "MAD",
     "posthoc": "Post-hoc",
     "lottery": "Lottery",
     "iwi": "IWI",
 }
-METHOD_ORDER = ("Ori (pgd)", "LWM", "ADMM", "HYDRA", "MAD", "Lottery", "IWI", "Post-hoc", "Ori", "FReP-CH", "FReP")
+METHOD_ORDER = (
+    "Ori (pgd)",
+    "LWM",
+    "ADMM",
+    "HYDRA",
+    "HARP",
+    "MAD",
+    "Lottery",
+    "IWI",
+    "Post-hoc",
+    "Ori",
+    "FReP-CH",
+    "FReP",
+)
 METHOD_COLORS = {"Ori": "tab:blue", "FReP-CH": "tab:green", "FReP": "tab:red"}
 # Settings that never make two cells different experiments (where data lives, how chatty a run is).
 NOT_SETTINGS = frozenset({"workdir", "data_dir", "download", "verbose", "overwrite", "mode"})

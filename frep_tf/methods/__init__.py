@@ -6,6 +6,7 @@ hook; `registry` maps --method names to them, and `stages` is the machinery ever
 - `lwm`:         one global magnitude threshold over all conv and dense kernels during training.
 - `admm`:        ADMM state (Z, U, rho), its updates, its augmented loss term, hard pruning.
 - `hydra`:       importance scores, exact per-layer top-k with a straight-through gradient.
+- `harp`:        HYDRA's scores plus learnt per-layer rates under a global budget (HARP).
 - `mad`:         soft masks, block-wise K-FAC statistics and MAD's second-order saliency.
 - `lottery`:     adversarial lottery tickets (rewind, rounds) and weight inheritance.
 - `iwi`:         inverse weights inheritance: a small sparse network grown into the large one.

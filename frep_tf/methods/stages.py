@@ -5,6 +5,7 @@ begins them, and builds each `fit`'s callbacks.
     frep / lwm / posthoc   train (--epochs; frep and lwm prune at --prune_epoch inside it)
     admm                   pretrain -> admm -> retrain      (100 + 100 + 100, Table V's 300)
     hydra                  pretrain -> score -> finetune    (100 + 20 + 100, Table V's 220)
+    harp                   pretrain -> prune -> finetune    (100 + 20 + 100)
     mad                    pretrain -> saliency -> finetune (100 + 1 + 139, Table V's 240)
     lottery                dense -> round1 .. roundN        (--epochs each)
     iwi                    [its source method's run] -> train (--epochs)
