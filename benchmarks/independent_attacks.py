@@ -93,10 +93,10 @@ def parse_args(argv=None):
 
 def load_test_arrays(args):
     from frep_tf import data
-    from frep_tf.pipeline import _arrays
+    from frep_tf.data.splits import dataset_arrays
 
     splits = data.load_dataset(args.dataset, data_dir=args.data_dir or None, batch_size=256, val_size=0, augment=False)
-    x, y = _arrays(splits.test, args.samples)
+    x, y = dataset_arrays(splits.test, args.samples)
     return x.astype("float32"), y.astype("int32"), splits.info.num_classes
 
 

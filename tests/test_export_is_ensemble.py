@@ -41,6 +41,7 @@ def run(tmp_path_factory):
     """(workdir, results.json, the network fused, the ensemble, test images, test labels)."""
     from frep_tf import pipeline
     from frep_tf.config import Config
+    from frep_tf.data.splits import dataset_arrays
     from frep_tf.fuse import fuse
     from frep_tf.training import checkpoint
 
@@ -56,7 +57,7 @@ def run(tmp_path_factory):
     model, _ = pipeline.build_and_compile(cfg, splits.info, splits.info.num_train // cfg.data.batch_size)
     restored = checkpoint.restore(model, checkpoint.latest(str(workdir / "checkpoint")))
     assert restored.epoch == 3
-    x_test, y_test = pipeline._arrays(splits.test)
+    x_test, y_test = dataset_arrays(splits.test)
     return workdir, results, fuse(model.network), model.ensemble, x_test, y_test
 
 
