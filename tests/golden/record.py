@@ -67,6 +67,9 @@ RUNS = {
         "--epoch_scale=0.02",
     ],
 }
+# One TensorFlow thread each way: the bits of a run depend on how reductions are split over threads, so
+# the golden runs fix it (the test suite runs with the same setting, tests/conftest.py).
+THREADS = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
 # Fields that measure time, memory, paths or the machine, not what was computed (and name parts of such).
 MEASURED = ("seconds", "rss", "time")
 VOLATILE = {
@@ -112,7 +115,7 @@ def run(name: str, workdir: str) -> dict:
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env={**os.environ, **THREADS, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     if proc.returncode:
         raise RuntimeError(f"golden run {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
