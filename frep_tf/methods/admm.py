@@ -28,7 +28,7 @@ import tensorflow as tf
 from frep_tf.config import Config
 from frep_tf.layers.reparam import ReparamConv2D, ReparamDense
 from frep_tf.methods import masks as masks_lib
-from frep_tf.methods.base import Method, Stage, StepHook, sequence, staged_epochs
+from frep_tf.methods.base import Method, Stage, StepHook, pretrain_then, staged_epochs
 
 
 def admm_layers(layers) -> list:
@@ -198,21 +198,10 @@ class ADMM(Method):
 
     def plan(self, cfg: Config) -> list[Stage]:
         m = cfg.method
-        retrain = staged_epochs(cfg, m.finetune_epochs or self.finetune_epochs)
-        return sequence(
-            cfg,
-            [
-                dict(name="pretrain", epochs=staged_epochs(cfg, m.pretrain_epochs), lr=cfg.train.lr),
-                dict(
-                    name="admm",
-                    epochs=staged_epochs(cfg, m.admm_epochs),
-                    step="admm",
-                    lr=m.finetune_lr,
-                    schedule="cosine",
-                ),
-                dict(name="retrain", epochs=retrain, lr=m.finetune_lr, schedule="cosine"),
-            ],
+        admm = dict(
+            name="admm", epochs=staged_epochs(cfg, m.admm_epochs), step="admm", lr=m.finetune_lr, schedule="cosine"
         )
+        return pretrain_then(cfg, admm, self.finetune_epochs, last="retrain")
 
     def state(self, cfg: Config, network) -> dict:
         from frep_tf.layers.reparam import reparam_layers

@@ -49,6 +49,23 @@ def sequence(cfg: Config, specs: list[dict]) -> list[Stage]:
     return stages
 
 
+def pretrain_then(
+    cfg: Config, middle: dict, own_finetune_epochs: int, last: str = "finetune", **last_spec
+) -> list[Stage]:
+    """The staged baselines' shape: pretrain (--pretrain_epochs, --lr with the paper's decay), the method's
+    own middle stage, then `last` (--finetune_epochs, 0 = the method's own count; --finetune_lr, cosine)."""
+    m = cfg.method
+    finetune = staged_epochs(cfg, m.finetune_epochs or own_finetune_epochs)
+    return sequence(
+        cfg,
+        [
+            dict(name="pretrain", epochs=staged_epochs(cfg, m.pretrain_epochs), lr=cfg.train.lr),
+            middle,
+            dict(name=last, epochs=finetune, lr=m.finetune_lr, schedule="cosine", **last_spec),
+        ],
+    )
+
+
 class StepHook:
     """How a method changes one train step (traced inside RobustModel.train_step). The default changes
     nothing; a hook overrides what it needs."""

@@ -57,7 +57,7 @@ import tensorflow as tf
 
 from frep_tf.config import Config
 from frep_tf.methods import masks as masks_lib
-from frep_tf.methods.base import Method, Stage, StepHook, sequence, staged_epochs
+from frep_tf.methods.base import Method, Stage, StepHook, pretrain_then, staged_epochs
 from frep_tf.methods.hydra import freeze_weights, scaled_score_init, unfreeze_weights
 
 RATE_FLOOR = 0.1  # r_min = RATE_FLOOR * target density (the original's --alpha)
@@ -365,22 +365,14 @@ class HARP(Method):
     finetune_epochs = 100
 
     def plan(self, cfg: Config) -> list[Stage]:
-        m = cfg.method
-        finetune = staged_epochs(cfg, m.finetune_epochs or self.finetune_epochs)
-        return sequence(
-            cfg,
-            [
-                dict(name="pretrain", epochs=staged_epochs(cfg, m.pretrain_epochs), lr=cfg.train.lr),
-                dict(
-                    name="prune",
-                    epochs=staged_epochs(cfg, m.score_epochs),
-                    step="prune",
-                    lr=cfg.train.lr,
-                    schedule="cosine",
-                ),
-                dict(name="finetune", epochs=finetune, lr=m.finetune_lr, schedule="cosine"),
-            ],
+        prune = dict(
+            name="prune",
+            epochs=staged_epochs(cfg, cfg.method.score_epochs),
+            step="prune",
+            lr=cfg.train.lr,
+            schedule="cosine",
         )
+        return pretrain_then(cfg, prune, self.finetune_epochs)
 
     def state(self, cfg: Config, network) -> dict:
         from frep_tf.layers.reparam import reparam_layers

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from frep_tf.config import Config
 from frep_tf.methods import masks as masks_lib
-from frep_tf.methods.base import Method, Stage, StepHook, sequence, staged_epochs
+from frep_tf.methods.base import Method, Stage, StepHook, pretrain_then, staged_epochs
 
 
 def fan_in(shape) -> int:
@@ -159,22 +159,14 @@ class HYDRA(Method):
     finetune_epochs = 100
 
     def plan(self, cfg: Config) -> list[Stage]:
-        m = cfg.method
-        finetune = staged_epochs(cfg, m.finetune_epochs or self.finetune_epochs)
-        return sequence(
-            cfg,
-            [
-                dict(name="pretrain", epochs=staged_epochs(cfg, m.pretrain_epochs), lr=cfg.train.lr),
-                dict(
-                    name="score",
-                    epochs=staged_epochs(cfg, m.score_epochs),
-                    step="score",
-                    lr=cfg.train.lr,
-                    schedule="cosine",
-                ),
-                dict(name="finetune", epochs=finetune, lr=m.finetune_lr, schedule="cosine"),
-            ],
+        score = dict(
+            name="score",
+            epochs=staged_epochs(cfg, cfg.method.score_epochs),
+            step="score",
+            lr=cfg.train.lr,
+            schedule="cosine",
         )
+        return pretrain_then(cfg, score, self.finetune_epochs)
 
     def state(self, cfg: Config, network) -> dict:
         from frep_tf.layers.reparam import reparam_layers

@@ -38,7 +38,7 @@ from frep_tf import losses
 from frep_tf.config import Config
 from frep_tf.layers.reparam import ReparamConv2D
 from frep_tf.methods import masks as masks_lib
-from frep_tf.methods.base import Method, Stage, sequence, staged_epochs
+from frep_tf.methods.base import Method, Stage, pretrain_then
 
 SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(SOFTPLUS_ONE) == 1
 SOFTPLUS_FLOOR = math.log(math.expm1(1e-4))  # softplus(SOFTPLUS_FLOOR) == 1e-4, the original's f_inv(0)
@@ -297,23 +297,8 @@ class MAD(Method):
     finetune_epochs = 139
 
     def plan(self, cfg: Config) -> list[Stage]:
-        m = cfg.method
-        finetune = staged_epochs(cfg, m.finetune_epochs or self.finetune_epochs)
-        return sequence(
-            cfg,
-            [
-                dict(name="pretrain", epochs=staged_epochs(cfg, m.pretrain_epochs), lr=cfg.train.lr),
-                dict(name="saliency", epochs=1, kind="saliency"),
-                dict(
-                    name="finetune",
-                    epochs=finetune,
-                    lr=m.finetune_lr,
-                    schedule="cosine",
-                    objective="mart",
-                    trades_beta=m.mad_beta,
-                ),
-            ],
-        )
+        saliency = dict(name="saliency", epochs=1, kind="saliency")
+        return pretrain_then(cfg, saliency, self.finetune_epochs, objective="mart", trades_beta=cfg.method.mad_beta)
 
     def state(self, cfg: Config, network) -> dict:
         from frep_tf.layers.reparam import reparam_layers
