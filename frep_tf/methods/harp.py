@@ -57,8 +57,8 @@ import tensorflow as tf
 
 from frep_tf.config import Config
 from frep_tf.methods import masks as masks_lib
-from frep_tf.methods.base import Method, Stage, StepHook, pretrain_then, staged_epochs
-from frep_tf.methods.hydra import freeze_weights, scaled_score_init, unfreeze_weights
+from frep_tf.methods.base import Stage, StepHook, pretrain_then, staged_epochs
+from frep_tf.methods.hydra import HYDRA, scaled_score_init
 
 RATE_FLOOR = 0.1  # r_min = RATE_FLOOR * target density (the original's --alpha)
 FREEZE_TOL = 5e-5  # the budget counts as met when its term rounds to 0 at 4 decimals (the original)
@@ -358,10 +358,12 @@ class StageSteps(keras.callbacks.Callback):
         )
 
 
-class HARP(Method):
+class HARP(HYDRA):
     """pretrain -> prune -> finetune (100 + 20 + 100, as HYDRA's Table V counts)."""
 
     name = "harp"
+    # HYDRA's configure (weights frozen while the state learns) and begin (initialise, then fixed masks).
+    state_name, learn_stage = "harp_state", "prune"
     finetune_epochs = 100
 
     def plan(self, cfg: Config) -> list[Stage]:
@@ -389,26 +391,8 @@ class HARP(Method):
         state.trainable = False  # trained only in the prune stage
         return {"harp_state": state}
 
-    def configure(self, stage: Stage, model) -> None:
-        state = model.method_state["harp_state"]
-        if stage.step == "prune":
-            freeze_weights(model.reparam)
-            state.trainable = True
-        else:
-            unfreeze_weights(model.reparam)
-            state.trainable = False
-
     def step_hook(self, stage: Stage, model):
         return PruneStep(model.method_state["harp_state"]) if stage.step == "prune" else None
-
-    def begin(self, stage: Stage, model, cfg: Config):
-        state = model.method_state["harp_state"]
-        if stage.name == "prune":
-            state.initialize(masks_lib.kernels(model.reparam))
-        elif stage.name == "finetune":
-            state.fixed_masks(model.reparam)
-            return model.reparam
-        return None
 
     def callbacks(self, stage: Stage, model, cfg: Config) -> list:
         if stage.step != "prune":

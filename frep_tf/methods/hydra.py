@@ -175,23 +175,27 @@ class HYDRA(Method):
         scores.trainable = False  # trained only in the score stage
         return {"hydra_scores": scores}
 
+    # The state layer holding what the learning stage trains, and that stage's name (= its step). HARP
+    # subclasses HYDRA with its own (frep_tf.methods.harp).
+    state_name, learn_stage = "hydra_scores", "score"
+
     def configure(self, stage: Stage, model) -> None:
-        scores = model.method_state["hydra_scores"]
-        if stage.step == "score":
+        state = model.method_state[self.state_name]
+        if stage.step == self.learn_stage:
             freeze_weights(model.reparam)
-            scores.trainable = True
+            state.trainable = True
         else:
             unfreeze_weights(model.reparam)
-            scores.trainable = False
+            state.trainable = False
 
     def step_hook(self, stage: Stage, model):
         return ScoreStep(model.method_state["hydra_scores"]) if stage.step == "score" else None
 
     def begin(self, stage: Stage, model, cfg: Config):
-        scores = model.method_state["hydra_scores"]
-        if stage.name == "score":
-            scores.initialize(masks_lib.kernels(model.reparam))
+        state = model.method_state[self.state_name]
+        if stage.name == self.learn_stage:
+            state.initialize(masks_lib.kernels(model.reparam))
         elif stage.name == "finetune":
-            scores.fixed_masks(model.reparam)
+            state.fixed_masks(model.reparam)
             return model.reparam
         return None
