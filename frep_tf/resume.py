@@ -17,18 +17,14 @@ import os
 
 from frep_tf.config import SECTIONS, Config, ConfigError
 from frep_tf.io_utils import read_json, remove, temporary_prefix, write_json_atomic
-
-CONFIG_FILE = "config.json"
-RESULTS_FILE = "results.json"
-CHECKPOINT_DIR = "checkpoint"
-EXPORT_DIR = "export"
-TENSORBOARD_DIR = "tb"
-# Our outputs, in the order --overwrite deletes them: config.json first, so an interrupted deletion
-# leaves a workdir that is refused (outputs without config.json) instead of one that looks resumable.
-OUTPUTS = (CONFIG_FILE, RESULTS_FILE, CHECKPOINT_DIR, EXPORT_DIR, TENSORBOARD_DIR)
-# Scratch names a kill can leave behind (exports are staged, then swapped in; see pipeline).
-EXPORT_STAGING = ".export-staging"
-EXPORT_PREVIOUS = ".export-previous"
+from frep_tf.workdir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    EXPORT_PREVIOUS,
+    EXPORT_STAGING,
+    OUTPUTS,
+    RESULTS_FILE,
+)
 
 # Where the data is found, how much is printed, and the workdir's own spelling (a relative or
 # absolute path to the same directory) do not change results; --overwrite is this module's switch.

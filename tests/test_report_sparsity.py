@@ -100,7 +100,7 @@ def test_labels_name_only_the_settings_that_set_a_row_apart(grid):
         "rewind_epoch": 0,
         "eval_attacks": "clean,pgd,autoattack",
     }
-    labels = [report._row_label(r) for r in rows]
+    labels = [report.row_label(r) for r in rows]
     assert labels == [
         "Ori (pgd), 0 %",
         "Lottery, 90 %",
@@ -155,4 +155,4 @@ def test_the_input_gradient_figure_is_drawn_and_iwi_sits_at_zero(grid):
     assert os.path.relpath(path, workdir) in text
     _, cells, axes, _ = report.load_experiment(workdir)
     rows = report.build_rows(cells, axes)
-    assert [report._trained_sparsity(r) for r in rows] == [0.0, 0.9, 0.9, 0.9, 0.0]
+    assert [report.trained_sparsity(r) for r in rows] == [0.0, 0.9, 0.9, 0.9, 0.0]

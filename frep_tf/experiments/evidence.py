@@ -25,11 +25,17 @@ import time
 
 from frep_tf.experiments.tb_events import read_scalars
 from frep_tf.io_utils import read_json, write_json_atomic
+from frep_tf.workdir import (
+    CONFIG_FILE,
+    EXPERIMENT_FILE,
+    PROVENANCE_FILE,
+    RESULTS_FILE,
+    SCALARS_FILE,
+    VALIDATION_LOG_DIR,
+)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCALARS_FILE = "scalars.json"
-PROVENANCE_FILE = "provenance.json"
-COPIED = ("config.json", "results.json")
+COPIED = (CONFIG_FILE, RESULTS_FILE)
 
 
 def default_results_dir(experiment_name: str) -> str:
@@ -39,7 +45,7 @@ def default_results_dir(experiment_name: str) -> str:
 def has_evidence(results_dir: str, cell_dir: str) -> bool:
     """True when `<results_dir>/<cell_dir>` holds a complete cell (results.json is written last)."""
     try:
-        return read_json(os.path.join(results_dir, cell_dir, "results.json")) is not None
+        return read_json(os.path.join(results_dir, cell_dir, RESULTS_FILE)) is not None
     except ValueError:
         return False
 
@@ -61,9 +67,9 @@ def code_commit(repo: str = REPO_ROOT) -> str:
 def save_cell(source: str, dest: str, commit: str) -> bool:
     """Copy one finished run's evidence from its workdir `source` into `dest` (results.json last);
     False (nothing written) when `source` has no results.json."""
-    if read_json(os.path.join(source, "results.json")) is None:
+    if read_json(os.path.join(source, RESULTS_FILE)) is None:
         return False
-    scalars = read_scalars(os.path.join(source, "tb", "frep"))
+    scalars = read_scalars(os.path.join(source, VALIDATION_LOG_DIR))
     os.makedirs(dest, exist_ok=True)
     write_json_atomic(
         os.path.join(dest, SCALARS_FILE), {tag: {str(k): v for k, v in sorted(s.items())} for tag, s in scalars.items()}
@@ -79,9 +85,9 @@ def save_cell(source: str, dest: str, commit: str) -> bool:
 
 def save_finished(workdir: str, results_dir: str, commit: str | None = None) -> list[str]:
     """Save every finished cell of an experiment workdir that has no evidence yet; returns their names."""
-    experiment = read_json(os.path.join(workdir, "experiment.json"))
+    experiment = read_json(os.path.join(workdir, EXPERIMENT_FILE))
     if experiment is None:
-        raise ValueError(f"{workdir}: no experiment.json (not an experiment workdir)")
+        raise ValueError(f"{workdir}: no {EXPERIMENT_FILE} (not an experiment workdir)")
     commit = commit or code_commit()
     saved = []
     for cell in experiment["cells"]:
@@ -90,7 +96,7 @@ def save_finished(workdir: str, results_dir: str, commit: str | None = None) -> 
             source, os.path.join(results_dir, cell["dir"]), commit
         ):
             saved.append(cell["name"])
-    write_json_atomic(os.path.join(results_dir, "experiment.json"), experiment)
+    write_json_atomic(os.path.join(results_dir, EXPERIMENT_FILE), experiment)
     return saved
 
 
@@ -109,7 +115,7 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
     workdir = args[0]
-    experiment = read_json(os.path.join(workdir, "experiment.json")) or {}
+    experiment = read_json(os.path.join(workdir, EXPERIMENT_FILE)) or {}
     results_dir = args[1] if len(args) == 2 else default_results_dir(experiment.get("name", ""))
     try:
         saved = save_finished(workdir, results_dir, commits[0] if commits else None)

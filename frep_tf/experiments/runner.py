@@ -36,12 +36,17 @@ import time
 from frep_tf.experiments import evidence
 from frep_tf.experiments.spec import Cell, Experiment, ExperimentError, parse
 from frep_tf.io_utils import read_json, remove, write_json_atomic
+from frep_tf.workdir import (
+    CELLS_DIR,
+    CONFIG_FILE,
+    EXPERIMENT_FILE,
+    FAILED_FILE,
+    REPORT_FILE,
+    RESULTS_FILE,
+    cell_lock,
+    cell_log,
+)
 
-EXPERIMENT_FILE = "experiment.json"
-FAILED_FILE = "failed.json"
-RESULTS_FILE = "results.json"
-CELLS_DIR = "cells"
-LOGS_DIR = "logs"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MAIN = os.path.join(REPO_ROOT, "main.py")
 EXIT_CELL_FAILED = 3
@@ -112,7 +117,7 @@ def cell_state(workdir: str, cell: Cell) -> str:
         pass
     if os.path.exists(os.path.join(path, FAILED_FILE)):
         return "failed"
-    if os.path.exists(os.path.join(path, "config.json")):
+    if os.path.exists(os.path.join(path, CONFIG_FILE)):
         return "started"
     return "pending"
 
@@ -172,7 +177,7 @@ def _duration(seconds: float) -> str:
 def run_cell(experiment: Experiment, cell: Cell, workdir: str, *, python: str = sys.executable) -> tuple[int, str]:
     """Runs one cell to the end (or resumes it); returns (exit status, one-line reason or '')."""
     cell_dir = os.path.join(workdir, cell.dir)
-    log_path = os.path.join(workdir, LOGS_DIR, cell.name + ".log")
+    log_path = cell_log(workdir, cell.name)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     command = [
         python,
@@ -242,7 +247,7 @@ def run(
     spent, failures = [], 0
     for number, cell in enumerate(todo, start=1):
         label = f"[experiment] cell {number}/{len(todo)} {cell.name}"
-        with _cell_lock(os.path.join(workdir, LOGS_DIR, cell.name + ".lock")) as mine_now:
+        with _cell_lock(cell_lock(workdir, cell.name)) as mine_now:
             if not mine_now:
                 print(f"{label}: running elsewhere (locked), skipped", file=out, flush=True)
                 continue
@@ -267,7 +272,7 @@ def run(
         if report_path:
             print(f"[experiment] report: {report_path}", file=out, flush=True)
     if failures:
-        print(f"[experiment] {failures} cell(s) failed; see {os.path.join(workdir, 'report.md')}", file=out, flush=True)
+        print(f"[experiment] {failures} cell(s) failed; see {os.path.join(workdir, REPORT_FILE)}", file=out, flush=True)
         return EXIT_CELL_FAILED
     return 0
 

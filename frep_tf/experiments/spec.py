@@ -29,6 +29,8 @@ import itertools
 import os
 import re
 
+from frep_tf.workdir import cell_dir
+
 RESERVED = ("workdir", "mode", "experiment", "experiment_shard", "experiment_results", "overwrite", "flagfile")
 _AXIS = re.compile(r"^axis\s+(?P<flags>[A-Za-z_][\w ]*?)\s*=\s*(?P<values>.*)$")
 _FLAG = re.compile(r"^--[A-Za-z_]\w*(?:=.*)?$")
@@ -53,7 +55,7 @@ class Cell:
 
     @property
     def dir(self) -> str:
-        return os.path.join("cells", self.name)
+        return cell_dir(self.name)
 
     def args(self) -> list[str]:
         return [f"--{k}={v}" for k, v in self.flags.items()]

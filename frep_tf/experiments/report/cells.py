@@ -1,0 +1,196 @@
+"""Reading an experiment workdir: experiment.json, every cell's config.json, results.json or failed.json,
+and its per-epoch validation scalars (tb/frep/, or a committed cell's scalars.json). No TensorFlow."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from frep_tf.experiments import evidence
+from frep_tf.experiments.tb_events import read_scalars, writer_processes
+from frep_tf.workdir import (
+    CELLS_DIR,
+    CONFIG_FILE,
+    EXPERIMENT_FILE,
+    FAILED_FILE,
+    RESULTS_FILE,
+    VALIDATION_LOG_DIR,
+)
+
+# Settings that never make two cells different experiments (where data lives, how chatty a run is).
+NOT_SETTINGS = frozenset({"workdir", "data_dir", "download", "verbose", "overwrite", "mode"})
+
+
+class ReportError(ValueError):
+    """The workdir holds nothing a report can be made of, or a file the report needs is damaged."""
+
+
+@dataclasses.dataclass
+class Cell:
+    name: str
+    dir: str
+    flags: dict[str, str]  # from experiment.json (strings as written there); {} for discovered cells
+    config: dict[str, Any] | None = None  # config.json, flattened {setting: value}
+    results: dict | None = None
+    failure: dict | None = None
+    status: str = "pending"  # finished | failed | pending
+    started: bool = False
+    resumed: bool = False  # more than one process wrote its tb/frep (a kill, then the same command again)
+
+    def setting(self, flag: str):
+        if self.config is not None and flag in self.config:
+            return self.config[flag]
+        if flag in self.flags:
+            return parse_value(self.flags[flag])
+        return None
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+def _read_object(path: str) -> dict:
+    value = _read_json(path)
+    if not isinstance(value, dict):
+        raise ReportError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def parse_value(text):
+    """A flag value as experiment.json spells it ("0.99", "true", "plain") -> a Python value."""
+    if not isinstance(text, str):
+        return text
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _flatten(config: dict) -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def load_experiment(workdir: str) -> tuple[dict, list[Cell], list[tuple[str, list]], list[str]]:
+    """(experiment.json or {}, cells, axes [(flag, values)], problems) of an experiment workdir."""
+    if not os.path.isdir(workdir):
+        raise ReportError(f"--workdir={workdir}: not a directory")
+    problems: list[str] = []
+    path = os.path.join(workdir, EXPERIMENT_FILE)
+    experiment = _read_object(path) if os.path.exists(path) else {}
+    cells: dict[str, Cell] = {}
+    for i, entry in enumerate(experiment.get("cells", [])):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ReportError(f"{path}: cells[{i}] has no 'name'")
+        name = str(entry["name"])
+        cell_dir = os.path.join(workdir, entry.get("dir") or os.path.join(CELLS_DIR, name))
+        cells[name] = Cell(name, cell_dir, {k: str(v) for k, v in (entry.get("flags") or {}).items()})
+    # Cells on disk that experiment.json does not list (copied from another machine, or no experiment.json).
+    cells_root = os.path.join(workdir, CELLS_DIR)
+    if os.path.isdir(cells_root):
+        listed = {os.path.realpath(c.dir) for c in cells.values()}
+        for name in sorted(os.listdir(cells_root)):
+            cell_dir = os.path.join(cells_root, name)
+            if os.path.isfile(os.path.join(cell_dir, CONFIG_FILE)) and os.path.realpath(cell_dir) not in listed:
+                cells.setdefault(name, Cell(name, cell_dir, {}))
+    if not cells:
+        raise ReportError(
+            f"--workdir={workdir}: no {EXPERIMENT_FILE} and no {CELLS_DIR}/*/config.json: no experiment cells to report"
+        )
+    for cell in cells.values():
+        _load_cell(cell, problems)
+    axes = _axes(experiment, list(cells.values()), path, problems)
+    return experiment, list(cells.values()), axes, problems
+
+
+def _load_cell(cell: Cell, problems: list[str]) -> None:
+    config_path = os.path.join(cell.dir, CONFIG_FILE)
+    results_path = os.path.join(cell.dir, RESULTS_FILE)
+    failed_path = os.path.join(cell.dir, FAILED_FILE)
+    cell.started = os.path.isdir(cell.dir)
+    try:
+        if os.path.exists(config_path):
+            cell.config = _flatten(_read_object(config_path))
+        if os.path.exists(results_path):  # written last: its presence means the run is complete
+            cell.results = _read_object(results_path)
+            cell.status = "finished"
+        elif os.path.exists(failed_path):
+            cell.failure = _read_object(failed_path)
+            cell.status = "failed"
+    except ReportError as exc:
+        cell.status, cell.results, cell.failure = "failed", None, {"reason": f"unreadable: {exc}", "exit_status": None}
+    if cell.status == "finished" and cell.config is None:
+        problems.append(f"{cell.dir}: results.json but no config.json; its settings come from experiment.json")
+
+
+def _axes(experiment: dict, cells: list[Cell], path: str, problems: list[str]) -> list[tuple[str, list]]:
+    known = [c for c in cells if c.config is not None]
+    differing = []
+    if known:
+        flags = sorted(set().union(*(c.config for c in known)) - NOT_SETTINGS)
+        for flag in flags:
+            values = {json.dumps(c.config.get(flag), sort_keys=True) for c in known}
+            if len(values) > 1:
+                differing.append(flag)
+    if experiment.get("axes"):
+        axes = []
+        for i, axis in enumerate(experiment["axes"]):
+            if not isinstance(axis, dict) or not (axis.get("flags") or axis.get("flag")):
+                raise ReportError(f"{path}: axes[{i}] has no 'flag'")
+            values = axis.get("values") or []
+            if axis.get("flags"):  # one axis setting several flags together: values are lists, one per flag
+                for j, flag in enumerate(axis["flags"]):
+                    points = [parse_value(v[j] if isinstance(v, list) else v) for v in values]
+                    axes.append((str(flag), list(dict.fromkeys(points))))
+            else:
+                axes.append((str(axis["flag"]), [parse_value(v) for v in values]))
+        extra = [f for f in differing if f not in {a for a, _ in axes}]
+        if extra:
+            problems.append(
+                f"cells differ in settings that are not axes of {EXPERIMENT_FILE}: {', '.join(extra)} "
+                "(cells made with different base flags are averaged together)"
+            )
+        return axes
+    return [(flag, sorted({c.config.get(flag) for c in known}, key=sort_key)) for flag in differing]
+
+
+def sort_key(value):
+    if isinstance(value, bool) or value is None:
+        return (0, str(value))
+    if isinstance(value, (int, float)):
+        return (1, value)
+    return (2, str(value))
+
+
+def load_scalars(finished: list[Cell], problems: list[str]) -> dict[str, dict]:
+    """{cell name: {tag: {epoch: value}}} of the finished cells (tb/frep/, else a committed cell's
+    scalars.json); marks a cell `resumed` when more than one process wrote its tb/frep/."""
+    scalars = {}
+    for cell in finished:
+        log_dir = os.path.join(cell.dir, VALIDATION_LOG_DIR)
+        if os.path.isdir(log_dir):
+            cell.resumed = len(writer_processes(os.listdir(log_dir))) > 1
+        try:
+            saved = None if os.path.isdir(log_dir) else evidence.load_scalars(cell.dir)
+            scalars[cell.name] = read_scalars(log_dir) if saved is None else saved
+        except (ReportError, ValueError) as exc:
+            problems.append(str(exc))
+    return scalars

@@ -1,0 +1,146 @@
+"""report.md's text, section by section: the experiment and its cells, robust accuracy, sparsity measures,
+figures, cost, failed and pending cells, notes."""
+
+from __future__ import annotations
+
+import os
+
+from frep_tf.experiments.report.cells import Cell
+from frep_tf.experiments.report.figures import FIGURES
+from frep_tf.experiments.report.stats import Row, common_settings
+from frep_tf.experiments.report.tables import (
+    cost_table,
+    has_settings_column,
+    measures_table,
+    per_cell_table,
+    robust_table,
+    table_notes,
+)
+from frep_tf.workdir import CELLS_DIR, EXPERIMENT_FILE
+
+FIGURE_CAPTIONS = {
+    "fig8": "Robust accuracy vs target sparsity, mean ± std over seeds (paper Fig. 8); an IWI row sits "
+    "at 0 % (the network it trains is dense; its --sparsity is the source network's).",
+    "fig7": "Distribution of the exported (fused) kernel weights, log10 |w| of the non-zero ones; "
+    "exact zeros are counted in the legend (paper Fig. 7).",
+    "fig5": "Validation PGD accuracy per epoch of the network and of its temporal ensemble, and the "
+    "ensemble divergence Delta (paper Eq. 14), mean over seeds (paper Fig. 5).",
+    "lipschitz": "Test robust accuracy against the mean L1 norm of the input gradient of the margin, "
+    "one point per finished cell (the second paper's Lipschitz argument for sparsity).",
+}
+
+
+def markdown(workdir, experiment, cells, axes, rows, summaries, columns, figures, problems) -> str:
+    """The whole of report.md."""
+    finished = [c for c in cells if c.status == "finished"]
+    out = _header(workdir, experiment, cells, axes)
+    out += ["## Robust accuracy (paper Tables I / IV)", ""]
+    out += _robust_section(rows, summaries, columns, finished) if rows else ["No cell has finished yet.", ""]
+    out += measures_table(rows)
+    out += _figures_section(workdir, figures)
+    if rows:
+        out += _cost_section(rows, summaries, finished)
+    out += _status_sections(cells, problems)
+    return "\n".join(out)
+
+
+def _header(workdir, experiment: dict, cells: list[Cell], axes) -> list[str]:
+    """The title, the experiment file and its axes, the flags every cell has, and how many cells finished."""
+    finished = [c for c in cells if c.status == "finished"]
+    failed = [c for c in cells if c.status == "failed"]
+    pending = [c for c in cells if c.status == "pending"]
+    name = experiment.get("name") or os.path.basename(os.path.abspath(workdir))
+    out = [f"# Experiment report: {name}", ""]
+    source = f"`{experiment['file']}`" if experiment.get("file") else None
+    if experiment:
+        out.append(f"Experiment {source or EXPERIMENT_FILE}; " + _axes_text(axes) + ".")
+    else:
+        out.append(f"No {EXPERIMENT_FILE}: cells found as `{CELLS_DIR}/*/config.json`; " + _axes_text(axes) + ".")
+    flags = [*experiment.get("base_flags", []), *experiment.get("command_line_flags", [])]
+    if flags:
+        out.append("Every cell: " + " ".join(f"`{f}`" for f in flags) + ".")
+    started = sum(1 for c in pending if c.started)
+    out.append(
+        f"Cells: {len(cells)} — {len(finished)} finished, {len(failed)} failed, {len(pending)} pending"
+        + (f" ({started} started)" if started else "")
+        + ". This report covers the finished ones; rebuild it as more finish "
+        "(`python main.py --mode=report --workdir=<this directory>`)."
+    )
+    out.append("")
+    return out
+
+
+def _axes_text(axes) -> str:
+    if not axes:
+        return "no axes (all cells share their settings)"
+    return "axes: " + "; ".join(f"{flag} = {', '.join(str(v) for v in values)}" for flag, values in axes)
+
+
+def _robust_section(rows: list[Row], summaries: list[dict], columns, finished: list[Cell]) -> list[str]:
+    """The accuracy table, what it measured, the settings rows share, and cells whose sanity checks failed."""
+    out = robust_table(rows, summaries, columns)
+    out += [""] + table_notes(finished, columns) + [""]
+    common = common_settings(rows)
+    if has_settings_column(rows) and common:
+        out += [
+            "Settings: what sets a row apart; a row that does not name a setting has "
+            + ", ".join(f"{k}={v}" for k, v in common.items())
+            + ".",
+            "",
+        ]
+    bad = [c.name for c in finished if ((c.results.get("evaluation") or {}).get("sanity") or {}).get("passed") is False]
+    if bad:
+        out += [f"Sanity checks failed (see each cell's results.json): {', '.join(bad)}.", ""]
+    return out
+
+
+def _figures_section(workdir: str, figures: dict[str, str]) -> list[str]:
+    if not figures:
+        return []
+    out = ["## Figures", ""]
+    for key in ("fig8", "fig7", "fig5", "lipschitz"):
+        if key in figures:
+            rel = os.path.relpath(figures[key], workdir)
+            out += [f"![{FIGURES[key]}]({rel})", "", FIGURE_CAPTIONS[key], ""]
+    return out
+
+
+def _cost_section(rows: list[Row], summaries: list[dict], finished: list[Cell]) -> list[str]:
+    out = ["## Cost (paper Table V)", ""]
+    out += cost_table(rows, summaries)
+    total = sum((c.results.get("timings") or {}).get("total", 0) for c in finished)
+    out += [
+        "",
+        f"Wall time, mean ± std over seeds; all {len(finished)} finished cells together: {total / 3600:.2f} h. "
+        "Train time is the method's stages summed over every process that ran them (results.json "
+        "`method.seconds`; older results: the finishing process only); Train / FReP divides by the FReP row "
+        "at the same sparsity; peak RSS is the process's resident-memory high-water mark (ru_maxrss). "
+        "Total is the finishing process's wall time (a cell resumed after a kill is marked *resumed*).",
+        "",
+    ]
+    out += ["Per cell:", ""]
+    out += per_cell_table(rows)
+    out.append("")
+    return out
+
+
+def _status_sections(cells: list[Cell], problems: list[str]) -> list[str]:
+    """Failed cells with their reasons, pending cells, and the notes gathered while reading."""
+    failed = [c for c in cells if c.status == "failed"]
+    pending = [c for c in cells if c.status == "pending"]
+    out = []
+    if failed:
+        out += ["## Failed cells", ""]
+        for c in failed:
+            f = c.failure or {}
+            status = f.get("exit_status")
+            reason = " ".join(str(f.get("reason") or "no reason recorded").split())
+            out.append(f"- `{c.name}`: {reason}" + (f" (exit status {status})" if status is not None else ""))
+        out.append("")
+    if pending:
+        out += ["## Pending cells", ""]
+        out.append(f"{len(pending)} cell(s) not finished: " + ", ".join(f"`{c.name}`" for c in pending) + ".")
+        out.append("")
+    if problems:
+        out += ["## Notes", ""] + [f"- {p}" for p in problems] + [""]
+    return out

@@ -1,0 +1,236 @@
+"""Table rows and their statistics: finished cells grouped by every axis but the seed, each row's
+mean +- std over seeds, the methods' names and order, and the sparsity measures of a cell."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from frep_tf.config import TABLE_I_COLUMNS
+from frep_tf.experiments.report.cells import Cell, sort_key
+
+# parameterization -> the paper's name of the method (Table IV).
+METHOD_NAMES = {"hadamard": "FReP", "channel": "FReP-CH", "plain": "Ori"}
+# --method values other than frep, as the paper names them.
+BASELINE_NAMES = {
+    "lwm": "LWM",
+    "admm": "ADMM",
+    "hydra": "HYDRA",
+    "harp": "HARP",
+    "mad": "MAD",
+    "posthoc": "Post-hoc",
+    "lottery": "Lottery",
+    "iwi": "IWI",
+}
+METHOD_ORDER = (
+    "Ori (pgd)",
+    "LWM",
+    "ADMM",
+    "HYDRA",
+    "HARP",
+    "MAD",
+    "Lottery",
+    "IWI",
+    "Post-hoc",
+    "Ori",
+    "FReP-CH",
+    "FReP",
+)
+# Axes folded into the "Method" and "Sparsity" columns; seed is the replicate axis.
+ROW_BUILTIN = ("method", "parameterization", "sparsity", "structured")
+REPLICATE_AXIS = "seed"
+
+
+@dataclasses.dataclass
+class Row:
+    key: tuple
+    method: str
+    sparsity: float | None
+    structured: bool
+    others: dict[str, Any]
+    cells: list[Cell]
+    # The settings a label names: those of `others` that differ from the value most rows share (all of
+    # them where no value is the most common), so a grid listing many flags per cell labels its rows
+    # by what sets them apart.
+    shown: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def epoch_marks(cell: Cell, sparsity) -> list[tuple[int, str]]:
+    """(0-based epoch, label) of the moments a Fig. 5 panel marks: where each stage of a multi-stage method
+    begins (from results.json), or the one-shot prune of frep / lwm (--prune_epoch after --epoch_scale)."""
+    stages = ((cell.results or {}).get("method") or {}).get("stages") or []
+    if len(stages) > 1:
+        return [(s["first_epoch"], s["name"]) for s in stages[1:]]
+    method = cell.setting("method") or "frep"
+    prune_epoch = cell.setting("prune_epoch")
+    if not sparsity or method not in ("frep", "lwm"):
+        return []
+    from frep_tf.config import Config, scaled_epochs
+
+    prune_epoch = Config().prune.prune_epoch if prune_epoch is None else prune_epoch
+    return [(scaled_epochs(prune_epoch, cell.setting("epoch_scale") or 1.0), "prune")]
+
+
+def method_name(cell: Cell) -> str:
+    """FReP / FReP-CH / Ori from the parameterization; a `method` setting other than frep names itself."""
+    method = cell.setting("method")
+    p = cell.setting("parameterization")
+    if method and method != "frep":
+        name = BASELINE_NAMES.get(str(method), str(method))
+        return name if p in (None, "plain") else f"{name} ({p})"
+    name = METHOD_NAMES.get(p, str(p))
+    objective = cell.setting("objective")
+    # The FReP pipeline with another training objective (e.g. dense PGD training): named by it.
+    return name if objective in (None, "sre") else f"{name} ({objective})"
+
+
+def _method_key(name: str):
+    return (METHOD_ORDER.index(name), "") if name in METHOD_ORDER else (len(METHOD_ORDER), name)
+
+
+def build_rows(cells: list[Cell], axes: list[tuple[str, list]]) -> list[Row]:
+    """Finished cells grouped by every axis but the seed, in the paper's order (Ori, FReP-CH, FReP;
+    unstructured before structured; sparsity ascending)."""
+    others = [flag for flag, _ in axes if flag not in ROW_BUILTIN and flag != REPLICATE_AXIS]
+    rows: dict[tuple, Row] = {}
+    for cell in cells:
+        if cell.status != "finished":
+            continue
+        method = method_name(cell)
+        sparsity = cell.setting("sparsity")
+        structured = bool(cell.setting("structured"))
+        other = {flag: cell.setting(flag) for flag in others}
+        key = (
+            _method_key(method),
+            structured,
+            sort_key(sparsity),
+            tuple(sort_key(other[f]) for f in others),
+        )
+        rows.setdefault(key, Row(key, method, sparsity, structured, other, [])).cells.append(cell)
+    for row in rows.values():
+        row.cells.sort(key=lambda c: sort_key(c.setting(REPLICATE_AXIS)))
+    ordered = [rows[k] for k in sorted(rows)]
+    common = common_settings(ordered)
+    for row in ordered:
+        row.shown = {k: v for k, v in row.others.items() if k not in common or common[k] != v}
+    return ordered
+
+
+def common_settings(rows: list[Row]) -> dict[str, Any]:
+    """{flag: value} of the other axes where one value is shared by more rows than any other value."""
+    common = {}
+    for flag in rows[0].others if rows else ():
+        counts: dict[str, list] = {}
+        for row in rows:
+            counts.setdefault(repr(row.others[flag]), []).append(row.others[flag])
+        ranked = sorted(counts.values(), key=len, reverse=True)
+        if len(ranked) > 1 and len(ranked[0]) > len(ranked[1]):
+            common[flag] = ranked[0][0]
+    return common
+
+
+def mean_std(values) -> tuple[float, float | None, int]:
+    """Mean, sample standard deviation (ddof 1; None for a single value) and count."""
+    v = np.asarray([x for x in values if x is not None], np.float64)
+    if v.size == 0:
+        return float("nan"), None, 0
+    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None), int(v.size)
+
+
+def accuracy(results: dict, attack: str) -> float | None:
+    entry = (results.get("evaluation") or {}).get(attack)
+    return entry.get("accuracy") if isinstance(entry, dict) else None
+
+
+def smallest_export(results: dict) -> tuple[str, int] | None:
+    """(path, bytes) of the smallest exported file: what a device would be sent."""
+    exports = [e for e in results.get("exports") or [] if e.get("bytes") is not None]
+    if not exports:
+        return None
+    e = min(exports, key=lambda e: e["bytes"])
+    return e.get("path") or e.get("format"), int(e["bytes"])
+
+
+def attack_columns(rows: list[Row]) -> list[tuple[str, str]]:
+    """The paper's Table I columns that some finished cell measured."""
+    present = {a for row in rows for c in row.cells for a in (c.results.get("evaluation") or {})}
+    return [(a, title) for a, title in TABLE_I_COLUMNS if a in present]
+
+
+def row_summary(row: Row, columns) -> dict:
+    acc = {}
+    for attack, _ in columns:
+        m, s, n = mean_std(accuracy(c.results, attack) for c in row.cells)
+        if n:
+            acc[attack] = {"mean": m, "std": s, "n": n}
+    sizes = [smallest_export(c.results) for c in row.cells]
+    files = [s[0] for s in sizes if s]
+    size = mean_std(s[1] for s in sizes if s)
+    sparsity = mean_std((c.results.get("sparsity") or {}).get("kernels") for c in row.cells)
+    total = mean_std((c.results.get("timings") or {}).get("total") for c in row.cells)
+    train = mean_std(train_seconds(c) for c in row.cells)
+    epochs = mean_std((c.results.get("training") or {}).get("epochs") for c in row.cells)
+    peak = mean_std((c.results.get("method") or {}).get("peak_rss_mb") for c in row.cells)
+    return {
+        "method": row.method,
+        "sparsity": row.sparsity,
+        "structured": row.structured,
+        **({"settings": row.others} if row.others else {}),
+        "cells": [c.name for c in row.cells],
+        "seeds": [c.setting(REPLICATE_AXIS) for c in row.cells],
+        "n": len(row.cells),
+        "accuracy": acc,
+        "deployed_bytes": {"mean": size[0], "std": size[1], "file": max(sorted(set(files)), key=files.count)}
+        if files
+        else None,
+        "measured_sparsity": {"mean": sparsity[0], "std": sparsity[1]} if sparsity[2] else None,
+        "seconds_total": {"mean": total[0], "std": total[1]} if total[2] else None,
+        "seconds_train": {"mean": train[0], "std": train[1]} if train[2] else None,
+        "epochs": {"mean": epochs[0], "std": epochs[1]} if epochs[2] else None,
+        "peak_rss_mb": {"mean": peak[0], "std": peak[1]} if peak[2] else None,
+        "stages": stage_text(row.cells[0]) if row.cells else "",
+    }
+
+
+def train_seconds(cell) -> float | None:
+    """Training wall time of a cell: the method's stages summed over every process that ran them
+    (results.json `method.seconds`), else the finishing process's train timing (older results)."""
+    method = cell.results.get("method") or {}
+    if method.get("seconds") is not None:
+        return method["seconds"]
+    return (cell.results.get("timings") or {}).get("train")
+
+
+def stage_text(cell) -> str:
+    """`pretrain 10 + admm 10 + retrain 10` (the method's stages and their epochs)."""
+    stages = (cell.results.get("method") or {}).get("stages") or []
+    return " + ".join(f"{s['name']} {s['epochs']}" for s in stages)
+
+
+def trained_sparsity(row: Row):
+    """Where a row sits on a sparsity axis: its target sparsity, except IWI, whose --sparsity is the
+    small source network's and whose trained network is dense (plotted at 0 %, next to its control)."""
+    return 0.0 if row.method.startswith(BASELINE_NAMES["iwi"]) else row.sparsity
+
+
+def measures(cell: Cell) -> dict:
+    """The second paper's sparsity measures of a cell's exported model, and its validation robustness:
+    {zero, near_zero (fractions), input_gradient_l1, val_pgd (last epoch, of the evaluated model), robust
+    (AutoAttack, else PGD, accuracy on the test images)}; None where the cell did not record it."""
+    r = cell.results or {}
+    overall = (r.get("sparsity_measures") or {}).get("overall") or {}
+    gradient = (r.get("evaluation") or {}).get("input_gradient_l1") or {}
+    final = (r.get("training") or {}).get("final_epoch") or {}
+    ensemble = (r.get("model") or {}).get("evaluated") == "ensemble"
+    val = final.get("val_ensemble_pgd_acc") if ensemble else None
+    robust = accuracy(r, "autoattack")
+    return {
+        "zero": overall.get("zero"),
+        "near_zero": overall.get("near_zero"),
+        "input_gradient_l1": gradient.get("mean"),
+        "val_pgd": val if val is not None else final.get("val_pgd_acc"),
+        "robust": robust if robust is not None else accuracy(r, "pgd"),
+        "robust_attack": "AA" if robust is not None else "PGD",
+    }

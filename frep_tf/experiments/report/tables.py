@@ -1,0 +1,227 @@
+"""The report's Markdown tables: robust accuracy (paper Tables I / IV), sparsity measures, cost (paper
+Table V) and per-cell timings, with the number formatting they share."""
+
+from __future__ import annotations
+
+import os
+
+from frep_tf.experiments.report.cells import Cell, sort_key
+from frep_tf.experiments.report.stats import REPLICATE_AXIS, Row, mean_std, measures, train_seconds
+
+
+def pm(mean: float, std: float | None, scale: float = 1.0, digits: int = 1) -> str:
+    if mean != mean:  # nan
+        return "-"
+    text = f"{scale * mean:.{digits}f}"
+    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
+
+
+def sparsity_label(sparsity, structured: bool) -> str:
+    if sparsity is None:
+        return "-"
+    text = f"{100 * float(sparsity):g} %"
+    return f"{text} channels" if structured else text
+
+
+def row_label(row: Row) -> str:
+    parts = [row.method, sparsity_label(row.sparsity, row.structured)]
+    parts += [f"{k}={v}" for k, v in row.shown.items()]
+    return ", ".join(parts)
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def md_table(header: list[str], rows: list[list[str]], align: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def robust_table(rows: list[Row], summaries: list[dict], columns) -> list[str]:
+    """Markdown lines: a row per table row, its accuracy under each attack, deployed size and sparsity."""
+    extra = list(rows[0].others)
+    settings_column = has_settings_column(rows)
+    header = [
+        "Method",
+        "Sparsity",
+        *(["Settings"] if settings_column else extra),
+        *[t for _, t in columns],
+        "n",
+        "Deployed size",
+        "Measured sparsity",
+    ]
+    body = []
+    for row, s in zip(rows, summaries, strict=True):
+        line = [row.method, sparsity_label(row.sparsity, row.structured)]
+        if settings_column:
+            line.append(", ".join(f"{k}={v}" for k, v in row.shown.items()) or "-")
+        else:
+            line += [str(row.others[k]) for k in extra]
+        line += [_accuracy_cell(s, attack) for attack, _ in columns]
+        line.append(str(s["n"]))
+        d = s["deployed_bytes"]
+        line.append(f"{_bytes(d['mean'])} (`{os.path.basename(d['file'])}`)" if d else "-")
+        m = s["measured_sparsity"]
+        line.append(pm(m["mean"], m["std"], 100, 2) + " %" if m else "-")
+        body.append(line)
+    align = ["l", "l", *["l"] * (1 if settings_column else len(extra)), *["r"] * len(columns), "r", "r", "r"]
+    return md_table(header, body, align)
+
+
+def has_settings_column(rows: list[Row]) -> bool:
+    """Up to two other axes get a column each; more (a grid listing many flags per cell) get one Settings
+    column with what sets each row apart (Row.shown)."""
+    return len(rows[0].others) > 2
+
+
+def _accuracy_cell(summary: dict, attack: str) -> str:
+    a = summary["accuracy"].get(attack)
+    text = pm(a["mean"], a["std"], 100) if a else "-"
+    if a and a["n"] != summary["n"]:
+        text += f" (n={a['n']})"
+    return text
+
+
+def table_notes(finished: list[Cell], columns) -> list[str]:
+    samples = {}
+    for attack, title in columns:
+        counts = sorted(
+            {
+                e.get("samples")
+                for c in finished
+                if isinstance(e := (c.results.get("evaluation") or {}).get(attack), dict)
+            }
+            - {None}
+        )
+        samples.setdefault(" / ".join(map(str, counts)), []).append(title)
+    if len(samples) == 1:
+        images = f"{next(iter(samples))} test images"
+    else:  # e.g. AutoAttack on a fixed subset
+        images = "test images (" + "; ".join(f"{', '.join(t)}: {n}" for n, t in samples.items()) + ")"
+    eps = sorted({((c.results.get("evaluation") or {}).get("config") or {}).get("epsilon") for c in finished} - {None})
+    datasets = sorted({str((c.results.get("dataset") or {}).get("name")) for c in finished})
+    evaluated = sorted({str((c.results.get("model") or {}).get("evaluated_path")) for c in finished})
+    return [
+        f"Accuracy (%) of the exported model ({', '.join(f'`{e}`' for e in evaluated)}) on {images} of "
+        f"{', '.join(datasets)}, epsilon {', '.join(f'{e:.4g}' for e in eps)}; mean ± sample std (ddof 1) over "
+        "the n seeds of a row (no ± for n = 1). Deployed size: the smallest exported file (mean over seeds). "
+        "Measured sparsity: exact zeros among the exported Conv2D/Dense kernel weights."
+    ]
+
+
+def measures_table(rows: list[Row]) -> list[str]:
+    """Markdown lines: per row, the sparsity measures next to validation and test robustness ([] if no
+    finished cell recorded them)."""
+    if not any(measures(c)["near_zero"] is not None for r in rows for c in r.cells):
+        return []
+    body = []
+    for row in rows:
+        m = [measures(c) for c in row.cells]
+        cols = [pm(*mean_std(x[k] for x in m)[:2], 100) for k in ("zero", "near_zero")]
+        cols.append(pm(*mean_std(x["input_gradient_l1"] for x in m)[:2], 1, 2))
+        cols.append(pm(*mean_std(x["val_pgd"] for x in m)[:2], 100))
+        attacks = sorted({x["robust_attack"] for x in m if x["robust"] is not None})
+        robust = pm(*mean_std(x["robust"] for x in m)[:2], 100)
+        cols.append(f"{robust} ({'/'.join(attacks)})" if attacks else "-")
+        body.append([row_label(row), str(len(row.cells)), *cols])
+    near = sorted(
+        {(c.results.get("sparsity_measures") or {}).get("near_zero_relative") for r in rows for c in r.cells} - {None}
+    )
+    val = sorted({(c.results.get("dataset") or {}).get("num_val") for r in rows for c in r.cells} - {None})
+    return [
+        "## Sparsity measures and robustness",
+        "",
+        *md_table(
+            [
+                "Row",
+                "n",
+                "Exact zeros (%)",
+                "Near-zero (%)",
+                "Input-gradient L1",
+                "Val. PGD, last epoch (%)",
+                "Test robust (%)",
+            ],
+            body,
+            ["l", "r", "r", "r", "r", "r", "r"],
+        ),
+        "",
+        "Of the exported Conv2D / Dense kernels: exact zeros, and near-zero weights (|w| <= "
+        f"{' / '.join(f'{x:g}' for x in near) or '?'} x the layer's max |w|); input-gradient L1: mean L1 norm "
+        "of the gradient of the margin (true-class logit minus the largest other) with respect to the input at "
+        "test points, a local Lipschitz proxy (lower = flatter); Val. PGD: the last epoch's validation PGD "
+        f"accuracy (`--val_pgd_steps`, on `--val_samples` of the {' / '.join(map(str, val)) or '?'} held-out "
+        "training images: what a choice between settings may be made on); Test robust: AutoAttack where the "
+        "cell ran it, else PGD. Mean ± std over seeds.",
+        "",
+    ]
+
+
+def cost_table(rows: list[Row], summaries: list[dict]) -> list[str]:
+    """Markdown lines: per table row, its stages, epochs, train time (and its ratio to FReP's at the same
+    sparsity), train time per epoch, peak memory and total wall time."""
+    frep_train = {
+        sort_key(r.sparsity): s["seconds_train"]["mean"]
+        for r, s in zip(rows, summaries, strict=True)
+        if r.method == "FReP" and not r.structured and s["seconds_train"]
+    }
+    body = []
+    for row, s in zip(rows, summaries, strict=True):
+        t, tr, ep, peak = s["seconds_total"], s["seconds_train"], s["epochs"], s["peak_rss_mb"]
+        per_epoch = mean_std(
+            (train_seconds(c) or 0) / max((c.results.get("training") or {}).get("epochs") or 1, 1) for c in row.cells
+        )
+        reference = frep_train.get(sort_key(row.sparsity))
+        ratio = f"{tr['mean'] / reference:.2f}" if tr and reference else "-"
+        body.append(
+            [
+                row_label(row),
+                str(s["n"]),
+                s["stages"] or "-",
+                pm(ep["mean"], ep["std"] or None, 1, 0) if ep else "-",
+                pm(tr["mean"], tr["std"]) if tr else "-",
+                ratio,
+                pm(per_epoch[0], per_epoch[1], 1, 2),
+                pm(peak["mean"], peak["std"] or None, 1, 0) if peak else "-",
+                pm(t["mean"], t["std"]) if t else "-",
+            ]
+        )
+    return md_table(
+        [
+            "Row",
+            "n",
+            "Stages (epochs)",
+            "Epochs",
+            "Train (s)",
+            "Train / FReP",
+            "Train s / epoch",
+            "Peak RSS (MiB)",
+            "Total (s)",
+        ],
+        body,
+        ["l", "r", "l", "r", "r", "r", "r", "r", "r"],
+    )
+
+
+def per_cell_table(rows: list[Row]) -> list[str]:
+    """Markdown lines: every finished cell, its row, seed, epochs and times (*resumed* after a kill)."""
+    body = []
+    for row in rows:
+        for c in row.cells:
+            timings = c.results.get("timings") or {}
+            epochs = (c.results.get("training") or {}).get("epochs")
+            body.append(
+                [
+                    f"`{c.name}`" + (" *resumed*" if c.resumed else ""),
+                    row_label(row),
+                    str(c.setting(REPLICATE_AXIS)),
+                    str(epochs if epochs is not None else "-"),
+                    f"{train_seconds(c):.1f}" if train_seconds(c) is not None else "-",
+                    f"{timings['total']:.1f}" if "total" in timings else "-",
+                ]
+            )
+    return md_table(["Cell", "Row", "Seed", "Epochs", "Train (s)", "Total (s)"], body, ["l", "l", "r", "r", "r", "r"])
