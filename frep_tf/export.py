@@ -3,6 +3,10 @@
 Every file is written under a temporary name, reloaded with its own runtime (Keras,
 `tf.saved_model.load`, the LiteRT interpreter), compared with the Keras outputs, and only then renamed
 into place: a file that is present was checked, and a kill never leaves a half-written one.
+
+This module is callable: `frep_tf.export(model, directory)` is `export(...)`, the library's entry point,
+which takes a RobustModel (its temporal ensemble is exported, else its fused network), a reparameterized
+model (fused first) or any standard Keras model (frep_tf.api.callable_module).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from frep_tf.api.callable_module import make_callable
 
 FORMATS = ("keras", "saved_model", "tflite", "tflite_sparse", "tflite_int8", "tflite_int8_dense", "compact")
 DEFAULT_FORMATS = ("keras", "saved_model", "tflite", "tflite_sparse")
@@ -116,6 +122,76 @@ def export_model(
     return records
 
 
+def export(
+    model,
+    export_dir: str,
+    *,
+    formats=DEFAULT_FORMATS,
+    check_inputs: np.ndarray | None = None,
+    representative: np.ndarray | None = None,
+    **options,
+) -> list[ExportRecord]:
+    """Write the deployable form of `model` (see `deployable`) in `formats` into `export_dir`.
+
+    `check_inputs` (default: 16 seeded uniform random inputs in [0, 1] of the model's input shape) are
+    what every file is checked on; int8 formats are calibrated on `representative` (give real training
+    inputs for those). Other keyword arguments (atol, int8_min_agreement, compact_report) are
+    export_model's. Returns one ExportRecord per file written (format, path, bytes, ...).
+    """
+    formats = (formats,) if isinstance(formats, str) else tuple(formats)
+    final = deployable(model)
+    x = _default_check_inputs(final) if check_inputs is None else check_inputs
+    if "compact" in formats:
+        _check_compactable(final)
+    return export_model(final, export_dir, formats=formats, check_inputs=x, representative=representative, **options)
+
+
+def deployable(model):
+    """What gets exported: a RobustModel's temporal ensemble (or its fused network when it has none), a
+    reparameterized model fused (frep_tf.fuse), a standard model as it is."""
+    import keras
+
+    from frep_tf.fuse import fuse
+    from frep_tf.layers.reparam import reparam_layers
+
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"export: expected a keras.Model or a RobustModel, got {type(model).__name__}")
+    if hasattr(model, "network") and hasattr(model, "ensemble"):
+        return model.ensemble if model.ensemble is not None else fuse(model.network)
+    return fuse(model) if reparam_layers(model) else model
+
+
+def _default_check_inputs(model, count: int = 16) -> np.ndarray:
+    shape = tuple(model.inputs[0].shape[1:]) if len(model.inputs) == 1 else None
+    if shape is None or any(d is None for d in shape):
+        raise ValueError(
+            f"export: cannot make check inputs for a model with inputs {[t.shape for t in model.inputs]}; "
+            "pass check_inputs= (a batch of inputs in [0, 1])"
+        )
+    return np.random.default_rng(0).random((count, *shape), dtype=np.float32)
+
+
+def _check_compactable(model) -> None:
+    """`compact` slices the kernels of Conv2D / Dense and the BatchNorms between them: say which layer stops it."""
+    import keras
+
+    from frep_tf.structure import channel_graph
+
+    sliceable = (keras.layers.Conv2D, keras.layers.Dense, keras.layers.BatchNormalization, keras.layers.Normalization)
+    for layer in model.layers:
+        if layer.weights and (not isinstance(layer, sliceable) or getattr(layer, "groups", 1) != 1):
+            raise ValueError(
+                f"export: format 'compact' cannot remove channels around layer {layer.name!r} "
+                f"({type(layer).__name__}); export the other formats"
+            )
+    reader = next(iter(channel_graph(model).composite_inputs), None)
+    if reader is not None:
+        raise ValueError(
+            f"export: format 'compact' cannot slice the inputs of layer {reader!r}, which reads a Concatenate or "
+            "Flatten of several channel groups; export the other formats"
+        )
+
+
 def _write(model, export_dir, formats, x, reference, calibration, atol, int8_min_agreement) -> list[ExportRecord]:
     """Write `model` as each (record format, plain format) pair and check it against `reference`."""
     import keras
@@ -171,3 +247,6 @@ def _write(model, export_dir, formats, x, reference, calibration, atol, int8_min
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return records
+
+
+make_callable(__name__, "export")

@@ -155,43 +155,89 @@ class _FactoredKernelLayer(keras.layers.Layer):
         return config
 
 
+def _activation(activation):
+    """The Keras activation function for `activation` (a name, a function or None: linear)."""
+    return keras.activations.get(activation)
+
+
+def _activate(activation, y):
+    return y if activation is keras.activations.linear else activation(y)
+
+
+def _check_fuse_into(fuse_into) -> None:
+    if fuse_into is not None and not (isinstance(fuse_into, dict) and "class_name" in fuse_into):
+        raise ValueError(
+            "`fuse_into` must be None or a serialized Keras layer (keras.saving.serialize_keras_object). "
+            f"Received: fuse_into={fuse_into!r}"
+        )
+
+
 @keras.saving.register_keras_serializable(package="frep_tf")
 class ReparamConv2D(_FactoredKernelLayer):
-    """A 2-D convolution (NHWC) with a factored, masked kernel of shape (kh, kw, in, filters)."""
+    """A 2-D convolution (NHWC) with a factored, masked kernel of shape (kh, kw, in / groups, filters).
 
-    def __init__(self, filters: int, kernel_size=3, strides=1, padding: str = "same", **kwargs):
+    `dilation_rate`, `groups` and `activation` mean what they mean for keras.layers.Conv2D. `fuse_into` is
+    the serialized standard layer (keras.saving.serialize_keras_object) that frep_tf.fuse turns this one
+    back into, e.g. the user's own Conv2D that frep_tf.reparameterize replaced; None: a Conv2D of the same
+    configuration.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size=3,
+        strides=1,
+        padding: str = "same",
+        dilation_rate=1,
+        groups: int = 1,
+        activation=None,
+        fuse_into: dict | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         _check_positive_int("filters", filters)
+        _check_positive_int("groups", groups)
+        if filters % groups:
+            raise ValueError(f"`filters` must be a multiple of `groups`. Received: filters={filters}, groups={groups}")
+        _check_fuse_into(fuse_into)
         self.filters = filters
         self.kernel_size = _pair("kernel_size", kernel_size)
         self.strides = _pair("strides", strides)
         check_choice("padding", padding, PADDINGS)
         self.padding = padding
+        self.dilation_rate = _pair("dilation_rate", dilation_rate)
+        self.groups = groups
+        self.activation = _activation(activation)
+        self.fuse_into = fuse_into
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
         in_channels = input_shape[-1]
         if in_channels is None:
             raise ValueError(f"The channel dimension of the inputs must be known. Received: input_shape={input_shape}")
-        self._build_kernel((*self.kernel_size, int(in_channels), self.filters))
+        if int(in_channels) % self.groups:
+            raise ValueError(
+                f"The input channels must be a multiple of `groups`. Received: {in_channels} channels, "
+                f"groups={self.groups}"
+            )
+        self._build_kernel((*self.kernel_size, int(in_channels) // self.groups, self.filters))
 
     def call(self, inputs):
-        y = ops.conv(inputs, self.fused_kernel(), strides=self.strides, padding=self.padding)
-        return self._add_bias(y)
+        # ops.conv infers the groups from the kernel's input-channel axis.
+        y = ops.conv(
+            inputs, self.fused_kernel(), strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate
+        )
+        return _activate(self.activation, self._add_bias(y))
 
     def compute_output_shape(self, input_shape):
-        def out(size, k, s):
+        def out(size, k, s, d):
             if size is None:
                 return None
-            return -(-size // s) if self.padding == "same" else (size - k) // s + 1
+            return -(-size // s) if self.padding == "same" else (size - (k - 1) * d - 1) // s + 1
 
         n, h, w, _ = input_shape
-        return (
-            n,
-            out(h, self.kernel_size[0], self.strides[0]),
-            out(w, self.kernel_size[1], self.strides[1]),
-            self.filters,
-        )
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
+        return (n, out(h, kh, sh, dh), out(w, kw, sw, dw), self.filters)
 
     def get_config(self):
         config = super().get_config()
@@ -200,18 +246,26 @@ class ReparamConv2D(_FactoredKernelLayer):
             kernel_size=self.kernel_size,
             strides=self.strides,
             padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            groups=self.groups,
+            activation=keras.activations.serialize(self.activation),
+            fuse_into=self.fuse_into,
         )
         return config
 
 
 @keras.saving.register_keras_serializable(package="frep_tf")
 class ReparamDense(_FactoredKernelLayer):
-    """A dense layer with a factored, masked kernel of shape (in, units)."""
+    """A dense layer with a factored, masked kernel of shape (in, units); `activation` and `fuse_into` as
+    for ReparamConv2D (None: a Dense of the same configuration)."""
 
-    def __init__(self, units: int, **kwargs):
+    def __init__(self, units: int, activation=None, fuse_into: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         _check_positive_int("units", units)
+        _check_fuse_into(fuse_into)
         self.units = units
+        self.activation = _activation(activation)
+        self.fuse_into = fuse_into
 
     def build(self, input_shape):
         in_dim = input_shape[-1]
@@ -220,14 +274,16 @@ class ReparamDense(_FactoredKernelLayer):
         self._build_kernel((int(in_dim), self.units))
 
     def call(self, inputs):
-        return self._add_bias(ops.matmul(inputs, self.fused_kernel()))
+        return _activate(self.activation, self._add_bias(ops.matmul(inputs, self.fused_kernel())))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
 
     def get_config(self):
         config = super().get_config()
-        config.update(units=self.units)
+        config.update(
+            units=self.units, activation=keras.activations.serialize(self.activation), fuse_into=self.fuse_into
+        )
         return config
 
 

@@ -190,44 +190,38 @@ def make_callbacks(
     import keras
 
     from frep_tf import kill_points, resume
+    from frep_tf.api.callbacks import callbacks as frep_callbacks
     from frep_tf.data.splits import dataset_arrays
     from frep_tf.training.checkpoint import EpochCheckpoint
     from frep_tf.training.ensemble import TemporalEnsemble
     from frep_tf.training.guards import StopOnNonFiniteLoss
     from frep_tf.training.monitor import EpochMonitor
-    from frep_tf.training.pruning import GlobalPruning, make_schedule
 
-    callbacks = [StopOnNonFiniteLoss()]
-    ensemble_cb = None
-    if stage.ensemble and model.ensemble is not None:
-        e = cfg.ensemble
-        ensemble_cb = TemporalEnsemble(
-            decay=e.ensemble_decay,
-            warmup=e.ensemble_warmup,
-            interval=e.ensemble_interval,
-            decay_steps=decay_steps,
-            count_from=e.ensemble_interval_from,
-            final_update=e.ensemble_final_update,
-        )
-        callbacks.append(ensemble_cb)
-    p = cfg.prune
-    if stage.prune:
-        begin_step = cfg.prune_epoch * steps_per_epoch
-        schedule = make_schedule(
-            p.prune_schedule, p.sparsity, begin_step, cfg.prune_end_epoch * steps_per_epoch, steps_per_epoch
-        )
-        restart = cfg.ensemble.ensemble_restart and p.prune_schedule == "oneshot"
-        callbacks.append(
-            GlobalPruning(
-                schedule,
-                structured=p.structured,
-                restart_ensemble=restart,
-                min_layer_density=p.min_layer_density,
-                log_dir=os.path.join(workdir, "tb", "frep"),
-            )
-        )
-        if kill_points.enabled():
-            callbacks.append(_after_prune_kill_point())
+    e, p = cfg.ensemble, cfg.prune
+    # The ensemble and pruning callbacks come from the library's public function, as a user's `fit` gets them.
+    shared = frep_callbacks(
+        ensemble=bool(stage.ensemble and model.ensemble is not None),
+        ensemble_decay=e.ensemble_decay,
+        ensemble_warmup=e.ensemble_warmup,
+        ensemble_interval=e.ensemble_interval,
+        lr_decay_steps=tuple(decay_steps),
+        ensemble_interval_from=e.ensemble_interval_from,
+        ensemble_final_update=e.ensemble_final_update,
+        ensemble_restart=e.ensemble_restart,
+        sparsity=p.sparsity if stage.prune else None,
+        prune_epoch=cfg.prune_epoch,
+        schedule=p.prune_schedule,
+        prune_end_epoch=cfg.prune_end_epoch if p.prune_schedule == "gradual" else None,
+        steps_per_epoch=steps_per_epoch,
+        structured=p.structured,
+        min_layer_density=p.min_layer_density,
+        log_dir=os.path.join(workdir, "tb", "frep"),
+        log_sparsity=False,  # EpochMonitor logs it, with the rest
+    )
+    callbacks = [StopOnNonFiniteLoss(), *shared]
+    ensemble_cb = next((c for c in shared if isinstance(c, TemporalEnsemble)), None)
+    if stage.prune and kill_points.enabled():
+        callbacks.append(_after_prune_kill_point())
     callbacks.extend(method_of(cfg).callbacks(stage, model, cfg))
     x_val, y_val = dataset_arrays(splits.val, cfg.eval.val_samples)
     callbacks.append(
