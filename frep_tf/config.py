@@ -13,7 +13,12 @@ from typing import Any
 
 OBJECTIVES = ("sre", "fgsm", "pgd", "trades", "mart", "natural")
 PARAMETERIZATIONS = ("hadamard", "channel", "plain")
-FACTOR_INITS = ("random", "equal", "ones")
+FACTOR_INITS = ("random", "equal", "ones", "scaled")
+# How the single-step objectives (sre, fgsm) perturb a batch: fgsm_rs is Wong et al.'s random start in
+# the eps-ball, a step, projection back to the ball (paper Eq. 12); nfgsm is de Jorge et al.'s N-FGSM
+# (NeurIPS 2022), noise of 2 x eps, a step, no projection (docs/design_notes.md).
+PERTURBATIONS = ("fgsm_rs", "nfgsm")
+SINGLE_STEP_OBJECTIVES = ("sre", "fgsm")
 ARCHITECTURES = ("vgg16", "resnet18", "resnet34", "resnet50", "wrn28_10", "wrn28_4", "small_cnn", "mlp")
 PRUNE_SCHEDULES = ("oneshot", "gradual")
 ATTACK_BN_MODES = ("train", "eval")
@@ -83,7 +88,12 @@ class ModelConfig:
     parameterization: str = _f(
         "hadamard", "hadamard (FReP) | channel (FReP-CH) | plain (Ori)", choices=PARAMETERIZATIONS
     )
-    factor_init: str = _f("random", "factor initialisation (paper Table VIII)", choices=FACTOR_INITS)
+    factor_init: str = _f(
+        "random",
+        "factor initialisation (paper Table VIII: random, equal, ones); scaled: random with the fused kernel's "
+        "standard deviation equal to the kernel initializer's (He), docs/design_notes.md",
+        choices=FACTOR_INITS,
+    )
     width: float = _f(1.0, "channel-count multiplier (1.0 = the published architecture)")
 
 
@@ -92,6 +102,14 @@ class TrainConfig:
     objective: str = _f("sre", "training objective", choices=OBJECTIVES)
     epsilon: float = _f(8 / 255, "L-inf perturbation radius on [0, 1] pixels (paper: 8/255)")
     step_size: float = _f(0.0, "single-step attack step size; 0 = epsilon (paper Eq. 12)")
+    perturbation: str = _f(
+        "fgsm_rs",
+        "single-step perturbation of --objective=sre|fgsm: fgsm_rs (random start in the eps-ball, one step, "
+        "projected back: paper Eq. 12) | nfgsm (N-FGSM: noise in +-nfgsm_noise x eps, one step, no projection, "
+        "clipped to [0, 1] only)",
+        choices=PERTURBATIONS,
+    )
+    nfgsm_noise: float = _f(2.0, "--perturbation=nfgsm: the noise is uniform in +-this x epsilon (N-FGSM's k = 2)")
     sre_lambda: float = _f(4.0, "weight of the SRE consistency term (paper Eq. 16)")
     pgd_steps: int = _f(10, "attack steps for the pgd / trades / mart objectives")
     pgd_step_size: float = _f(2 / 255, "step size of those multi-step attacks")
@@ -151,18 +169,23 @@ class MethodConfig:
         "inheritance)",
         choices=METHODS,
     )
+    # Stage lengths: 0 never leaves a stage out. --pretrain_epochs, --admm_epochs and --score_epochs must be
+    # >= 1 (as --epochs); --finetune_epochs=0, its default, stands for the method's own count.
     pretrain_epochs: int = _f(
-        100, "admm / hydra / harp / mad: dense adversarial pre-training epochs (paper Table V); lottery uses --epochs"
+        100,
+        "admm / hydra / harp / mad: dense adversarial pre-training epochs (paper Table V), >= 1 (0 is refused, "
+        "not a skipped stage); lottery uses --epochs",
     )
-    admm_epochs: int = _f(100, "admm: epochs of the ADMM stage (Table V: 100 + 100 + 100)")
+    admm_epochs: int = _f(100, "admm: epochs of the ADMM stage (Table V: 100 + 100 + 100), >= 1")
     admm_interval: int = _f(
         10, "admm: epochs between ADMM updates (rho *= 1.3, Z = proj(W + U), U += W - Z); scaled by --epoch_scale"
     )
     admm_rho: float = _f(1e-3, "admm: initial penalty rho of every layer")
-    score_epochs: int = _f(20, "hydra: score-learning epochs (Table V: 100 + 20 + 100); harp: its prune stage")
+    score_epochs: int = _f(20, "hydra: score-learning epochs (Table V: 100 + 20 + 100); harp: its prune stage; >= 1")
     finetune_epochs: int = _f(
         0,
-        "admm / hydra / harp / mad: masked fine-tuning epochs; 0 = the method's own (admm 100, hydra 100, harp 100, mad 139)",
+        "admm / hydra / harp / mad: masked fine-tuning epochs; 0 (the default) = the method's own count (admm 100, "
+        "hydra 100, harp 100, mad 139)",
     )
     finetune_lr: float = _f(
         0.01, "admm / hydra / harp / mad: learning rate of the ADMM, retraining and fine-tuning stages, cosine"

@@ -6,7 +6,13 @@ import os
 
 from frep_tf.config import TABLE_I_COLUMNS, Config
 
-RESULTS_SCHEMA_VERSION = 2  # 2: evaluation_tflite per exported TFLite file; compact; int8_calibration (+ method)
+# 2: evaluation_tflite per exported TFLite file; compact; int8_calibration (+ method). Keys added since
+# without a new version, because a reader of version 2 loses nothing by not knowing them (and a new
+# version would make every finished version-2 workdir refused): catastrophic_overfitting (train mode,
+# present only when the guard flagged an epoch).
+RESULTS_SCHEMA_VERSION = 2
+# Where the epoch monitor writes its per-epoch scalars (frep_tf.methods.stages.make_callbacks).
+MONITOR_LOG_DIR = os.path.join("tb", "frep")
 
 
 def train_results(
@@ -37,7 +43,8 @@ def train_results(
 
     workdir = cfg.run.workdir
     sparsity = kernel_sparsity(final)
-    return {
+    collapse = catastrophic_overfitting(workdir)
+    results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "mode": "train",
         "dataset": info_dict(info),
@@ -88,6 +95,23 @@ def train_results(
         },
         "timings": timings,
     }
+    if collapse is not None:
+        results["catastrophic_overfitting"] = collapse
+    return results
+
+
+def catastrophic_overfitting(workdir: str) -> dict | None:
+    """results.json `catastrophic_overfitting`: the first epoch the guard flagged (frep_tf.training.guards),
+    found again in the per-epoch scalars the monitor recorded over every stage and process (so a resumed
+    run reports an epoch flagged before its kill); None when none was, or nothing was recorded."""
+    from frep_tf.experiments.tb_events import EventFileError, read_scalars
+    from frep_tf.training import guards
+
+    try:
+        scalars = read_scalars(os.path.join(workdir, MONITOR_LOG_DIR))
+    except (EventFileError, OSError):
+        return None
+    return guards.collapse_record(scalars.get(guards.VAL_PGD_TAG, {}), scalars.get(guards.ADV_ACC_TAG, {}))
 
 
 def method_summary(cfg: Config, plan, clock) -> dict:
@@ -191,6 +215,12 @@ def summary_table(results: dict) -> str:
         lines.append(
             f"compact: {c['params_after']:,} of {c['params_before']:,} parameters, {c['macs_after']:,} of "
             f"{c['macs_before']:,} MACs per image ({c['channels_after']} of {c['channels_before']} prunable channels)"
+        )
+    co = results.get("catastrophic_overfitting")
+    if co:
+        lines.append(
+            f"catastrophic overfitting? flagged after epoch {co['epoch']}: validation PGD accuracy "
+            f"{100 * co['val_pgd_before']:.1f} % -> {100 * co['val_pgd_after']:.1f} % (see results.json)"
         )
     for e in results.get("exports", []):
         lines.append(f"export: {e['path']} ({e['bytes']:,} bytes, max |diff| vs Keras {e['max_abs_diff']:.2g})")

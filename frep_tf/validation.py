@@ -12,8 +12,10 @@ from frep_tf.config import (
     EVAL_ATTACKS,
     EXPORT_FORMATS,
     SECTIONS,
+    SINGLE_STEP_OBJECTIVES,
     Config,
     ConfigError,
+    TrainConfig,
 )
 
 
@@ -72,6 +74,17 @@ def _check_training(cfg: Config) -> None:
         raise _bad("epsilon", t.epsilon, f"must be > 0 for --objective={t.objective} (or use --objective=natural)")
     if not 0 <= t.step_size <= 1:
         raise _bad("step_size", t.step_size, "must lie in [0, 1]; 0 means epsilon")
+    if t.perturbation != "fgsm_rs" and t.objective not in SINGLE_STEP_OBJECTIVES:
+        raise _bad(
+            "perturbation",
+            t.perturbation,
+            f"only for the single-step objectives ({', '.join(SINGLE_STEP_OBJECTIVES)}); --objective={t.objective} "
+            "perturbs with its own multi-step attack: drop --perturbation",
+        )
+    if t.nfgsm_noise < 0:
+        raise _bad("nfgsm_noise", t.nfgsm_noise, "must be >= 0 (the noise is uniform in +-nfgsm_noise x epsilon)")
+    if t.nfgsm_noise != TrainConfig.nfgsm_noise and t.perturbation != "nfgsm":
+        raise _bad("nfgsm_noise", t.nfgsm_noise, "only with --perturbation=nfgsm")
     if t.sre_lambda < 0:
         raise _bad("sre_lambda", t.sre_lambda, "must be >= 0")
     if t.pgd_steps < 1:
@@ -224,9 +237,16 @@ def _check_method(cfg: Config) -> None:
     method = m.method
     if not m.epoch_scale > 0:
         raise _bad("epoch_scale", m.epoch_scale, "must be > 0 (0.1 runs a tenth of every stage's epochs)")
-    for flag in ("pretrain_epochs", "admm_epochs", "score_epochs", "finetune_epochs", "mad_batches"):
+    # A stage's length is never 0: a stage is not left out by a flag (finetune's 0 is its default, the
+    # method's own count).
+    for flag in ("pretrain_epochs", "admm_epochs", "score_epochs"):
+        if getattr(m, flag) < 1:
+            raise _bad(
+                flag, getattr(m, flag), "must be a positive integer (a stage cannot be left out by giving it 0 epochs)"
+            )
+    for flag, zero in (("finetune_epochs", "the method's own count"), ("mad_batches", "one epoch")):
         if getattr(m, flag) < 0:
-            raise _bad(flag, getattr(m, flag), "must be >= 0")
+            raise _bad(flag, getattr(m, flag), f"must be >= 0 (0 = {zero})")
     for flag in ("admm_interval", "mad_mask_steps"):
         if getattr(m, flag) < 1:
             raise _bad(flag, getattr(m, flag), "must be a positive integer")
@@ -247,12 +267,6 @@ def _check_method(cfg: Config) -> None:
         raise _bad("parameterization", "channel", f"--method={method} masks single weights: use plain or hadamard")
     if method in ("admm", "hydra", "mad") and p.prune_schedule != "oneshot":
         raise _bad("prune_schedule", p.prune_schedule, f"--method={method} has its own pruning stages (oneshot only)")
-    if method == "admm" and m.admm_epochs == 0:
-        raise _bad("admm_epochs", 0, "--method=admm needs an ADMM stage of at least one epoch")
-    if method == "hydra" and m.score_epochs == 0:
-        raise _bad("score_epochs", 0, "--method=hydra needs a score-learning stage of at least one epoch")
-    if method == "harp" and m.score_epochs == 0:
-        raise _bad("score_epochs", 0, "--method=harp needs a prune stage of at least one epoch")
     if method == "harp" and p.prune_schedule != "oneshot":
         raise _bad("prune_schedule", p.prune_schedule, "--method=harp has its own pruning stages (oneshot only)")
     if not m.harp_gamma > 0:

@@ -18,7 +18,7 @@ import keras
 from keras import ops
 
 PARAMETERIZATIONS = ("hadamard", "channel", "plain")
-FACTOR_INITS = ("random", "equal", "ones")
+FACTOR_INITS = ("random", "equal", "ones", "scaled")  # as frep_tf.config.FACTOR_INITS
 PADDINGS = ("same", "valid")
 
 
@@ -76,16 +76,41 @@ class _FactoredKernelLayer(keras.layers.Layer):
     def _build_kernel(self, kernel_shape: tuple[int, ...]) -> None:
         out_dim = kernel_shape[-1]
         p, how = self.parameterization, self.factor_init
+
+        def kernel_std() -> float:
+            """The standard deviation of the kernel initializer's draws (He normal: sqrt(2 / fan_in))."""
+            init = self.kernel_initializer
+            if not isinstance(init, keras.initializers.VarianceScaling):
+                raise ValueError(
+                    "factor_init='scaled' needs a VarianceScaling kernel_initializer (he_normal, glorot_uniform, "
+                    f"...). Received: kernel_initializer={type(init).__name__}"
+                )
+            receptive = 1
+            for d in kernel_shape[:-2]:
+                receptive *= int(d)
+            fan_in, fan_out = receptive * kernel_shape[-2], receptive * kernel_shape[-1]
+            fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[init.mode]
+            return (init.scale / max(1.0, fan)) ** 0.5
+
+        def scaled(init, gain):
+            return lambda shape, dtype=None: init(shape, dtype=dtype) * gain
+
         if p == "plain":
             self.kernel = self.add_weight(
                 name="kernel", shape=kernel_shape, initializer=self._fresh_kernel_initializer()
             )
         elif p == "hadamard":
-            self.factor_a = self.add_weight(
-                name="factor_a", shape=kernel_shape, initializer=self._fresh_kernel_initializer()
-            )
+            a_init = self._fresh_kernel_initializer()
+            if how == "scaled":
+                # Both factors drawn as the kernel (std s), times 1 / sqrt(s): each has std sqrt(s), and the
+                # product of two independent zero-mean factors has std sqrt(s) * sqrt(s) = s, the kernel's.
+                gain = kernel_std() ** -0.5
+                a_init = scaled(a_init, gain)
+            self.factor_a = self.add_weight(name="factor_a", shape=kernel_shape, initializer=a_init)
             if how == "random":
                 b_init = self._fresh_kernel_initializer()
+            elif how == "scaled":
+                b_init = scaled(self._fresh_kernel_initializer(), gain)
             elif how == "equal":
                 a = self.factor_a
                 b_init = lambda shape, dtype=None: ops.abs(ops.convert_to_tensor(a))  # noqa: E731
@@ -97,8 +122,16 @@ class _FactoredKernelLayer(keras.layers.Layer):
                 name="factor_b", shape=kernel_shape, initializer=self._fresh_kernel_initializer()
             )
             # `random` draws the D x D mixing matrix like the kernel of a D -> D dense layer;
-            # `equal` and `ones` start from the identity, i.e. the fused kernel starts equal to B.
-            mix_init = self._fresh_kernel_initializer() if how == "random" else "identity"
+            # `equal` and `ones` start from the identity, i.e. the fused kernel starts equal to B;
+            # `scaled` draws it with variance 1 / D (LeCun normal): each fused weight sums D products,
+            # so its variance is D * var(B) / D = var(B), the kernel initializer's.
+            if how == "random":
+                mix_init = self._fresh_kernel_initializer()
+            elif how == "scaled":
+                mix_init = keras.initializers.LecunNormal()
+                mix_init.seed = None  # the global stream, as the factors
+            else:
+                mix_init = "identity"
             self.mix = self.add_weight(name="mix", shape=(out_dim, out_dim), initializer=mix_init)
         self.mask = self.add_weight(name="mask", shape=kernel_shape, initializer="ones", trainable=False)
         if self.use_bias:

@@ -3,16 +3,22 @@ split (never the test set), ensemble divergence Delta (paper Eq. 14), sparsity, 
 interval and histograms of the fused kernels.
 
 The values are also put into the epoch `logs`, so Keras' History and TensorBoard callbacks (which run
-after this one) record them as well.
+after this one) record them as well. The catastrophic-overfitting guard (frep_tf.training.guards) runs
+on the validation PGD accuracy and the epoch's training adversarial accuracy; its inputs and its flag go
+to TensorBoard only (`train_adv_acc`, `catastrophic_overfitting`), a flagged epoch also prints one
+warning line on stderr.
 """
 
 from __future__ import annotations
+
+import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from frep_tf.attacks.pgd import pgd
+from frep_tf.training import guards
 from frep_tf.training.ensemble import TemporalEnsemble
 
 
@@ -43,6 +49,17 @@ class EpochMonitor(keras.callbacks.Callback):
         self.histogram_every = histogram_every
         self._writer = None
         self._fns = {}
+        self.guard = guards.CatastrophicOverfittingGuard(history=self._recorded if log_dir else None)
+        self.collapses: list[guards.Collapse] = []
+
+    def _recorded(self) -> dict:
+        """The scalars earlier processes and stages wrote to log_dir ({} if they cannot be read)."""
+        from frep_tf.experiments.tb_events import EventFileError, read_scalars
+
+        try:
+            return read_scalars(self.log_dir)
+        except (EventFileError, OSError):
+            return {}
 
     def _robust_fn(self, net):
         key = id(net)
@@ -97,16 +114,28 @@ class EpochMonitor(keras.callbacks.Callback):
             values["ensemble_interval"] = float(self.ensemble_callback.current_interval())
             values["ensemble_updates"] = float(model.ensemble_updates.numpy())
         logs.update(values)
+        guard_values = self._guard(epoch, values.get("val_pgd_acc"), logs.get("adv_acc"))
         if self.log_dir:
             if self._writer is None:
                 self._writer = tf.summary.create_file_writer(self.log_dir)
             with self._writer.as_default(step=epoch):
-                for name, value in values.items():
+                for name, value in (values | guard_values).items():
                     tf.summary.scalar(name, value)
                 if epoch % self.histogram_every == 0 or epoch == self.params.get("epochs", 0) - 1:
                     for layer, k in zip(model.reparam, kernels, strict=True):
                         tf.summary.histogram(f"fused_kernel/{layer.name}", k)
             self._writer.flush()
+
+    def _guard(self, epoch: int, val_pgd, adv_acc) -> dict:
+        """The guard's TensorBoard scalars for this epoch ({} without both accuracies: natural training,
+        no validation split); a flagged epoch prints its warning."""
+        if val_pgd is None or adv_acc is None:
+            return {}
+        collapse = self.guard.update(epoch, float(val_pgd), float(adv_acc))
+        if collapse is not None:
+            self.collapses.append(collapse)
+            print(collapse.message(), file=sys.stderr, flush=True)
+        return {guards.ADV_ACC_TAG: float(adv_acc), guards.FLAG_TAG: float(collapse is not None)}
 
     def on_train_end(self, logs=None):
         if self._writer is not None:

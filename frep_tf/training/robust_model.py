@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from frep_tf import losses
+from frep_tf.config import PERTURBATIONS
 from frep_tf.fuse import copy_fused_weights, deploy_structure
 from frep_tf.layers.reparam import reparam_layers
 from frep_tf.structure import channel_graph
@@ -54,6 +55,8 @@ class RobustModel(keras.Model):
         objective: str = "sre",
         epsilon: float = 8 / 255,
         step_size: float | None = None,
+        perturbation: str = "fgsm_rs",
+        nfgsm_noise: float = 2.0,
         sre_lambda: float = 4.0,
         pgd_steps: int = 10,
         pgd_step_size: float = 2 / 255,
@@ -70,6 +73,12 @@ class RobustModel(keras.Model):
         self.objective = objective
         self.epsilon = float(epsilon)
         self.step_size = float(step_size or epsilon)
+        if perturbation not in PERTURBATIONS:
+            raise ValueError(f"Unknown perturbation: {perturbation!r}. Allowed: {', '.join(PERTURBATIONS)}")
+        # Only the single-step objectives (sre, fgsm) read it: pgd / trades / mart keep their PGD (so does
+        # MAD's MART fine-tuning stage in a run whose --objective is fgsm).
+        self.perturbation = perturbation
+        self.nfgsm_noise = float(nfgsm_noise)
         self.sre_lambda = float(sre_lambda)
         self.pgd_steps = int(pgd_steps)
         self.pgd_step_size = float(pgd_step_size)
@@ -142,6 +151,8 @@ class RobustModel(keras.Model):
             "objective": self.objective,
             "epsilon": self.epsilon,
             "step_size": self.step_size,
+            "perturbation": self.perturbation,
+            "nfgsm_noise": self.nfgsm_noise,
             "sre_lambda": self.sre_lambda,
             "pgd_steps": self.pgd_steps,
             "pgd_step_size": self.pgd_step_size,
@@ -165,15 +176,31 @@ class RobustModel(keras.Model):
         return self.attack_bn == "train"
 
     def _uniform_start(self, x):
-        noise = keras.random.uniform(tf.shape(x), -self.epsilon, self.epsilon, seed=self.seed_generator)
+        return self._noise_start(x, self.epsilon)
+
+    def _noise_start(self, x, radius):
+        """x + U(-radius, radius), clipped to the image range [0, 1]."""
+        noise = keras.random.uniform(tf.shape(x), -radius, radius, seed=self.seed_generator)
         return tf.clip_by_value(x + noise, 0.0, 1.0)
 
-    def _sign_step(self, x, x_start, objective_fn, step):
+    def _sign_step(self, x, x_start, objective_fn, step, project=True):
         with tf.GradientTape() as tape:
             tape.watch(x_start)
             value = tf.reduce_sum(objective_fn(self.network(x_start, training=self._attack_training)))
         grad = tape.gradient(value, x_start)
+        if not project:  # N-FGSM: the image range only, no eps-ball
+            return tf.clip_by_value(x_start + step * tf.sign(grad), 0.0, 1.0)
         return _project(x_start + step * tf.sign(grad), x, self.epsilon)
+
+    def _single_step(self, x, objective_fn):
+        """The perturbation of the single-step objectives (sre, fgsm): one signed step of `step_size` on
+        `objective_fn` from a noisy start. fgsm_rs (paper Eq. 12): start in the eps-ball, projected back
+        to it; nfgsm (de Jorge et al. 2022): start in the nfgsm_noise x eps box, not projected (both
+        stay in [0, 1])."""
+        if self.perturbation == "nfgsm":
+            start = self._noise_start(x, self.nfgsm_noise * self.epsilon)
+            return self._sign_step(x, start, objective_fn, self.step_size, project=False)
+        return self._sign_step(x, self._uniform_start(x), objective_fn, self.step_size)
 
     def _pgd(self, x, x_start, objective_fn):
         x_adv = x_start
@@ -247,10 +274,10 @@ class RobustModel(keras.Model):
             p_clean = tf.stop_gradient(tf.nn.softmax(logits_clean))
             # Only the consistency term depends on x_adv; lambda does not change the sign.
             objective = lambda logits: losses.squared_l2(tf.nn.softmax(logits), p_clean)  # noqa: E731
-            return self._sign_step(x, self._uniform_start(x), objective, self.step_size)
+            return self._single_step(x, objective)
         if obj == "fgsm":
             objective = lambda logits: losses.cross_entropy(logits, y)  # noqa: E731
-            return self._sign_step(x, self._uniform_start(x), objective, self.step_size)
+            return self._single_step(x, objective)
         if obj in ("pgd", "mart"):
             objective = lambda logits: losses.cross_entropy(logits, y)  # noqa: E731
             return self._pgd(x, self._uniform_start(x), objective)
