@@ -132,3 +132,15 @@ def test_a_real_fit_records_the_guard_in_tensorboard_only(tmp_path):
     scalars = read_scalars(log_dir)
     assert sorted(scalars[guards.FLAG_TAG]) == [0, 1]
     assert scalars[guards.ADV_ACC_TAG] == pytest.approx(dict(enumerate(history.history["adv_acc"])))
+
+
+def test_the_summary_table_names_a_flagged_epoch():
+    record = guards.collapse_record(_history([0.4, 0.42, 0.03]), _history([0.4, 0.45, 0.7]))
+    run = {
+        "evaluation": {"clean": {"accuracy": 0.5, "samples": 10}, "config": {"epsilon": 0.1}},
+        "dataset": {"name": "digits"},
+        "timings": {"total": 1.0},
+    }
+    assert "catastrophic" not in results.summary_table(run)
+    table = results.summary_table(run | {"catastrophic_overfitting": record})
+    assert "catastrophic overfitting? flagged after epoch 3: validation PGD accuracy 42.0 % -> 3.0 %" in table

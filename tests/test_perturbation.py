@@ -167,3 +167,18 @@ def test_main_refuses_nfgsm_with_a_multi_step_objective(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: --perturbation=nfgsm: only for the single-step"), lines
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("objective", ["fgsm", "sre"])
+def test_nfgsm_trains_inside_fit(objective):
+    """The traced train step (tf.function, as fit runs it) takes the N-FGSM branch and learns."""
+    model = _model(objective, perturbation="nfgsm")
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    x, y = _batch(64)
+    seen = []
+    perturb = model._perturb
+    model._perturb = lambda *args: seen.append(1) or perturb(*args)
+    before = np.asarray(model.network.get_layer("d").kernel).copy()
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert seen and np.isfinite(history.history["loss"][0])
+    assert not np.allclose(before, np.asarray(model.network.get_layer("d").kernel))
