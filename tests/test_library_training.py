@@ -1,0 +1,154 @@
+"""Training a user's own model with the library (docs/library.md): frep_tf.callbacks in the user's `fit`,
+next to their learning-rate schedule, TensorBoard and keras.callbacks.BackupAndRestore; export of the
+temporal ensemble."""
+
+import glob
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+
+import frep_tf
+
+L = keras.layers
+
+
+def _digits(n=256):
+    data = load_digits()
+    return (data.images[:n] / 16.0).astype("float32")[..., None], data.target[:n].astype("int32")
+
+
+def _net():
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            L.Conv2D(8, 3, padding="same", activation="relu", name="conv1"),
+            L.BatchNormalization(name="bn1"),
+            L.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv2"),
+            L.Flatten(name="flat"),
+            L.Dense(10, name="logits"),
+        ]
+    )
+
+
+def _robust(objective="natural", lr=None):
+    keras.utils.set_random_seed(0)
+    robust = frep_tf.RobustModel(frep_tf.reparameterize(_net(), verbose=False), objective=objective, epsilon=0.1)
+    lr = lr or keras.optimizers.schedules.PiecewiseConstantDecay([9], [0.05, 0.005])
+    # No XLA: for these tiny models it compiles for longer than it runs.
+    robust.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), jit_compile=False)
+    return robust
+
+
+def _callbacks():
+    return frep_tf.callbacks(sparsity=0.8, prune_epoch=2, ensemble_interval=3, ensemble_warmup=2.0)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """A kill in the middle of an epoch, as far as Keras can tell."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at = (epoch, batch)
+        self._epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self._epoch, batch) == self.at:
+            raise RuntimeError("interrupted")
+
+
+def _state(robust) -> list[np.ndarray]:
+    parts = robust.network.weights + robust.ensemble.weights
+    parts += [robust.ensemble_updates, robust.pruned, robust.optimizer.iterations]
+    return [np.asarray(v) for v in parts]
+
+
+def test_backup_and_restore_resumes_to_the_uninterrupted_weights(tmp_path):
+    """Killed before the prune and again after it; each restart is a fresh model (a new process). The
+    natural objective draws no random numbers: BackupAndRestore saves weights, not SeedGenerator states, so
+    with an adversarial objective the perturbations after a restart are new draws (docs/library.md)."""
+    x, y = _digits()
+    fit = dict(batch_size=32, epochs=4, shuffle=False, verbose=0)  # 8 steps per epoch; lr decays at step 10
+    reference = _robust()
+    reference.fit(x, y, callbacks=_callbacks(), **fit)
+    backup = str(tmp_path / "backup")
+    for epoch, batch in ((1, 2), (3, 4)):
+        robust = _robust()
+        with pytest.raises(RuntimeError, match="interrupted"):
+            robust.fit(
+                x,
+                y,
+                callbacks=[keras.callbacks.BackupAndRestore(backup), *_callbacks(), _Interrupt(epoch, batch)],
+                **fit,
+            )
+        assert bool(robust.pruned.numpy()) == (epoch > 2)
+    robust = _robust()
+    history = robust.fit(x, y, callbacks=[keras.callbacks.BackupAndRestore(backup), *_callbacks()], **fit)
+    assert len(history.history["loss"]) == 1  # only the last epoch was left
+    assert int(robust.optimizer.iterations.numpy()) == 32
+    for got, want in zip(_state(robust), _state(reference), strict=True):
+        np.testing.assert_array_equal(got, want)
+    kernels = np.concatenate(
+        [k.numpy().ravel() for k in (robust.ensemble.get_layer(n).kernel for n in ("conv1", "conv2", "logits"))]
+    )
+    assert np.mean(kernels == 0) == pytest.approx(0.8, abs=0.01)
+
+
+def test_user_fit_prunes_ensembles_logs_to_tensorboard_and_exports(tmp_path):
+    x, y = _digits(192)
+    robust = _robust("sre", lr=keras.optimizers.schedules.PiecewiseConstantDecay([7], [0.05, 0.005]))
+    log_dir = str(tmp_path / "tb")
+    shared = _callbacks()
+    history = robust.fit(
+        x,
+        y,
+        batch_size=32,
+        epochs=3,
+        verbose=0,
+        validation_data=(x[:64], y[:64]),
+        callbacks=[*shared, keras.callbacks.TensorBoard(log_dir)],
+    )
+    assert history.history["sparsity"] == [0.0, 0.0, pytest.approx(0.8, abs=0.01)]
+    # The learning rate drops after step 7 (boundary + 1): the ensemble interval grows x10 there.
+    assert shared[0].decay_steps == (8,)
+    assert history.history["ensemble_updates"] == [2.0, 2.0, 2.0]  # steps 3 and 6, then 30 is the next
+    tags = {
+        v.tag
+        for f in glob.glob(os.path.join(log_dir, "train", "*"))
+        for e in tf.compat.v1.train.summary_iterator(f)
+        for v in e.summary.value
+    }
+    assert {"epoch_sparsity", "epoch_ensemble_updates", "epoch_adv_acc"} <= tags
+    records = frep_tf.export(robust, str(tmp_path / "out"), formats=("keras", "tflite_sparse"))
+    assert [r.format for r in records] == ["keras", "tflite_sparse"] and all(r.bytes > 0 for r in records)
+    exported = keras.models.load_model(records[0].path)
+    assert [type(layer).__name__ for layer in exported.layers] == [
+        "Conv2D",
+        "BatchNormalization",
+        "Conv2D",
+        "Flatten",
+        "Dense",
+    ]
+    np.testing.assert_allclose(exported(x[:8]), robust.ensemble(x[:8]), atol=1e-5)
+    assert exported.get_layer("conv1").get_config()["activation"] == "relu"
+
+
+def test_callbacks_say_what_is_wrong_with_the_model_they_run_on():
+    x, y = _digits(64)
+    plain = _net()
+    plain.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    with pytest.raises(TypeError, match="work with frep_tf.RobustModel; fit was called on Sequential"):
+        plain.fit(x, y, epochs=1, verbose=0, callbacks=frep_tf.callbacks(sparsity=0.5))
+    no_ensemble = frep_tf.RobustModel(frep_tf.reparameterize(_net(), verbose=False), ensemble=False)
+    no_ensemble.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"needs RobustModel\(..., ensemble=True\); or pass ensemble=False"):
+        no_ensemble.fit(x, y, epochs=1, verbose=0, callbacks=frep_tf.callbacks())
+    unknown_length = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).filter(lambda a, b: True)
+    with pytest.raises(ValueError, match="pass steps_per_epoch= to frep_tf.callbacks"):
+        no_ensemble.fit(unknown_length, epochs=1, verbose=0, callbacks=frep_tf.callbacks(sparsity=0.5, ensemble=False))
