@@ -1,6 +1,6 @@
 """Make your own Keras model adversarially robust and extremely sparse with frep_tf (docs/library.md).
 
-    python examples/prune_your_model.py                              # both models, some minutes on a CPU
+    python examples/prune_your_model.py                              # both models (MobileNetV2: long on a CPU)
     python examples/prune_your_model.py --quick                      # a few epochs, to see it all run
     python examples/prune_your_model.py --quick --model sequential   # the Sequential CNN only
 
@@ -135,7 +135,7 @@ def run(name: str, args) -> None:
         epochs = 4 if quick else 30
     else:
         net, data = mobilenet(), digits(32, 3, 256 if quick else 1497)
-        epochs = 2 if quick else 20
+        epochs = 2 if quick else 10
     robust = make_robust_and_sparse(net, data, args, epochs, prune_epoch=max(1, epochs * 3 // 10))
     out = os.path.join(args.out, name)
     records = frep_tf.export(robust, out, check_inputs=data[2][:32])

@@ -60,7 +60,9 @@ class StructureError(ValueError):
 
 
 def is_producer(layer) -> bool:
-    """A layer whose output channels are its own (a conv or dense layer with a full kernel)."""
+    """A layer whose output channels are its own: a conv or dense layer (a reparameterized conv of any
+    `groups`: each output channel has its own kernel slice; a standard grouped Conv2D is left to
+    `compact`, which cannot slice it)."""
     if isinstance(layer, (ReparamConv2D, ReparamDense, keras.layers.Dense)):
         return True
     return type(layer) is keras.layers.Conv2D and getattr(layer, "groups", 1) == 1
