@@ -340,6 +340,11 @@ def check_structured(graph: ChannelGraph, prunable: list[str]) -> None:
     channels of prunable layers (`prunable`: their names) from being removed."""
     prunable_set = set(prunable)
     for name in prunable:
+        if name not in graph.output_group and name in graph.unfollowed:
+            raise StructureError(
+                f"structured pruning cannot follow layer {name!r}: {graph.unfollowed[name]}; "
+                "prune unstructured (structured=False), which works on any model"
+            )
         if name not in graph.output_group:
             raise StructureError(
                 f"structured pruning cannot see layer {name!r}: it is not in the model's top-level graph "

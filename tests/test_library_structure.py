@@ -98,6 +98,15 @@ def test_structured_pruning_names_the_layer_it_cannot_follow(gate, name, reason)
     assert "output channels of project, side" in message
 
 
+def test_a_layer_called_twice_is_named_too():
+    inputs = keras.Input((8, 8, 2))
+    shared = L.Conv2D(2, 3, padding="same", name="shared")
+    head = L.Dense(3, name="head")(L.GlobalAveragePooling2D()(shared(shared(inputs))))
+    net = frep_tf.reparameterize(keras.Model(inputs, head), verbose=False)
+    with pytest.raises(StructureError, match="^structured pruning cannot follow layer 'shared': called 2 times; "):
+        check_structured(channel_graph(net), [layer.name for layer in reparam_layers(net)])
+
+
 def test_fit_refuses_structured_pruning_it_cannot_follow_and_prunes_unstructured():
     with pytest.raises(StructureError, match="cannot follow layer 'gate'"):
         _train(mobile_block(L.Activation("sigmoid", name="gate")), sparsity=0.5, structured=True)
