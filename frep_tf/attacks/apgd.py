@@ -7,6 +7,8 @@ was not just halved and its best loss did not improve; it then restarts from its
 APGD-CE maximizes the cross-entropy, APGD-T the targeted DLR loss towards the runner-up classes.
 """
 
+from typing import NamedTuple
+
 import tensorflow as tf
 
 from frep_tf.attacks import common
@@ -28,102 +30,119 @@ def checkpoints(steps):
     return is_checkpoint, window
 
 
+class _State(NamedTuple):
+    """What one APGD iteration hands to the next (per point, except the iteration counter)."""
+
+    i: tf.Tensor  # the iteration
+    x_adv: tf.Tensor
+    x_prev: tf.Tensor  # the iterate before (for the momentum)
+    grad: tf.Tensor
+    step: tf.Tensor
+    x_best: tf.Tensor  # the highest-loss iterate so far, its gradient and loss
+    grad_best: tf.Tensor
+    loss_best: tf.Tensor
+    loss_prev: tf.Tensor
+    n_rises: tf.Tensor  # steps that raised the loss since the last checkpoint
+    loss_best_last: tf.Tensor  # the best loss at the last checkpoint
+    reduced_last: tf.Tensor  # whether the step was halved at the last checkpoint
+    x_fooling: tf.Tensor  # the first misclassified iterate
+    fooled: tf.Tensor
+
+
+class _Run(NamedTuple):
+    """The constants of one APGD run."""
+
+    model_fn: object
+    x: tf.Tensor
+    y: tf.Tensor
+    loss_fn: object
+    eps: float
+    rho: float
+    is_checkpoint: tf.Tensor
+    window: tf.Tensor
+
+    def as_batch(self, v):
+        return common.broadcast_to_batch(v, self.x)
+
+
 def _single_run(model_fn, x, y, loss_fn, *, eps, steps, rho, seed):
     """One APGD run -> (x_adv, fooled). x_adv is the first misclassified iterate if any, else
     the highest-loss one."""
     is_checkpoint, window = checkpoints(steps)
-    is_checkpoint = tf.constant(is_checkpoint)
-    window = tf.constant(window, tf.float32)
-
-    def as_batch(v):
-        return common.broadcast_to_batch(v, x)
-
+    run = _Run(model_fn, x, y, loss_fn, eps, rho, tf.constant(is_checkpoint), tf.constant(window, tf.float32))
     noise = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0)
     # Scaled so that the largest coordinate of the start perturbation is exactly eps.
-    x_adv = tf.clip_by_value(x + eps * noise / as_batch(common.linf_norm(noise) + 1e-12), 0.0, 1.0)
+    x_adv = tf.clip_by_value(x + eps * noise / run.as_batch(common.linf_norm(noise) + 1e-12), 0.0, 1.0)
     logits, loss, grad = common.value_and_grad(model_fn, x_adv, loss_fn)
     fooled = tf.argmax(logits, axis=-1, output_type=tf.int32) != y
     step = 2.0 * eps * tf.ones_like(loss)
-
-    def body(
-        i,
-        x_adv,
-        x_prev,
-        grad,
-        step,
-        x_best,
-        grad_best,
-        loss_best,
-        loss_prev,
-        n_rises,
-        loss_best_last,
-        reduced_last,
-        x_fooling,
-        fooled,
-    ):
-        alpha = tf.where(i > 0, 0.75, 1.0)
-        z = common.project(x_adv + as_batch(step) * tf.sign(grad), x, eps)
-        z = common.project(x_adv + (z - x_adv) * alpha + (x_adv - x_prev) * (1.0 - alpha), x, eps)
-        x_prev, x_adv = x_adv, z
-
-        logits, loss, grad = common.value_and_grad(model_fn, x_adv, loss_fn)
-        wrong = tf.argmax(logits, axis=-1, output_type=tf.int32) != y
-        x_fooling = tf.where(as_batch(wrong & ~fooled), x_adv, x_fooling)
-        fooled = fooled | wrong
-
-        n_rises += tf.cast(loss > loss_prev, tf.float32)
-        loss_prev = loss
-        better = loss > loss_best
-        x_best = tf.where(as_batch(better), x_adv, x_best)
-        grad_best = tf.where(as_batch(better), grad, grad_best)
-        loss_best = tf.where(better, loss, loss_best)
-
-        at_checkpoint = is_checkpoint[i]
-        oscillating = n_rises <= window[i] * rho
-        stalled = ~reduced_last & (loss_best_last >= loss_best)
-        reduce = at_checkpoint & (oscillating | stalled)
-        step = tf.where(reduce, step / 2.0, step)
-        x_adv = tf.where(as_batch(reduce), x_best, x_adv)
-        grad = tf.where(as_batch(reduce), grad_best, grad)
-        reduced_last = tf.where(at_checkpoint, oscillating | stalled, reduced_last)
-        loss_best_last = tf.where(at_checkpoint, loss_best, loss_best_last)
-        n_rises = tf.where(at_checkpoint, tf.zeros_like(n_rises), n_rises)
-        return (
-            i + 1,
-            x_adv,
-            x_prev,
-            grad,
-            step,
-            x_best,
-            grad_best,
-            loss_best,
-            loss_prev,
-            n_rises,
-            loss_best_last,
-            reduced_last,
-            x_fooling,
-            fooled,
-        )
-
-    init = (
-        tf.constant(0),
-        x_adv,
-        x_adv,
-        grad,
-        step,
-        x_adv,
-        grad,
-        loss,
-        loss,
-        tf.zeros_like(loss),
-        loss,
-        tf.ones_like(fooled),
-        x_adv,
-        fooled,
+    init = _State(
+        i=tf.constant(0),
+        x_adv=x_adv,
+        x_prev=x_adv,
+        grad=grad,
+        step=step,
+        x_best=x_adv,
+        grad_best=grad,
+        loss_best=loss,
+        loss_prev=loss,
+        n_rises=tf.zeros_like(loss),
+        loss_best_last=loss,
+        reduced_last=tf.ones_like(fooled),
+        x_fooling=x_adv,
+        fooled=fooled,
     )
-    state = tf.while_loop(lambda i, *_: i < steps, body, init, maximum_iterations=steps)
-    x_best, x_fooling, fooled = state[5], state[12], state[13]
-    return tf.where(as_batch(fooled), x_fooling, x_best), fooled
+    state = tf.while_loop(
+        lambda i, *_: i < steps,
+        lambda *s: tuple(_iteration(run, _State(*s))),
+        tuple(init),
+        maximum_iterations=steps,
+    )
+    final = _State(*state)
+    return tf.where(run.as_batch(final.fooled), final.x_fooling, final.x_best), final.fooled
+
+
+def _iteration(run: _Run, s: _State) -> _State:
+    """One APGD step: the momentum step, the new iterate's loss and gradient, the best point so far, and
+    at a checkpoint the step-size halving with its restart from the best point."""
+    as_batch = run.as_batch
+    alpha = tf.where(s.i > 0, 0.75, 1.0)
+    z = common.project(s.x_adv + as_batch(s.step) * tf.sign(s.grad), run.x, run.eps)
+    z = common.project(s.x_adv + (z - s.x_adv) * alpha + (s.x_adv - s.x_prev) * (1.0 - alpha), run.x, run.eps)
+    x_prev, x_adv = s.x_adv, z
+
+    logits, loss, grad = common.value_and_grad(run.model_fn, x_adv, run.loss_fn)
+    wrong = tf.argmax(logits, axis=-1, output_type=tf.int32) != run.y
+    x_fooling = tf.where(as_batch(wrong & ~s.fooled), x_adv, s.x_fooling)
+    fooled = s.fooled | wrong
+
+    n_rises = s.n_rises + tf.cast(loss > s.loss_prev, tf.float32)
+    loss_prev = loss
+    better = loss > s.loss_best
+    x_best = tf.where(as_batch(better), x_adv, s.x_best)
+    grad_best = tf.where(as_batch(better), grad, s.grad_best)
+    loss_best = tf.where(better, loss, s.loss_best)
+
+    at_checkpoint = run.is_checkpoint[s.i]
+    oscillating = n_rises <= run.window[s.i] * run.rho
+    stalled = ~s.reduced_last & (s.loss_best_last >= loss_best)
+    reduce = at_checkpoint & (oscillating | stalled)
+    return _State(
+        i=s.i + 1,
+        x_adv=tf.where(as_batch(reduce), x_best, x_adv),
+        x_prev=x_prev,
+        grad=tf.where(as_batch(reduce), grad_best, grad),
+        step=tf.where(reduce, s.step / 2.0, s.step),
+        x_best=x_best,
+        grad_best=grad_best,
+        loss_best=loss_best,
+        loss_prev=loss_prev,
+        n_rises=tf.where(at_checkpoint, tf.zeros_like(n_rises), n_rises),
+        loss_best_last=tf.where(at_checkpoint, loss_best, s.loss_best_last),
+        reduced_last=tf.where(at_checkpoint, oscillating | stalled, s.reduced_last),
+        x_fooling=x_fooling,
+        fooled=fooled,
+    )
 
 
 def _with_restarts(model_fn, x, y, loss_fn, *, eps, steps, restarts, rho, seed):

@@ -83,8 +83,6 @@ def build_splits(
     `train_samples` > 0 keeps a fixed random subset of that many training examples (chosen with
     SPLIT_SEED, so every run and seed sees the same subset) before the validation carve-out.
     """
-    import tensorflow as tf
-
     if train_samples:
         source = _subset(source, train_samples)
 
@@ -107,80 +105,18 @@ def build_splits(
             f"--batch_size={batch_size}: larger than the {num_train} training examples of "
             f"{source.name} left after the validation split; use a smaller batch or --val_size"
         )
-    mask = validation_mask(source.num_train, num_val)
-
-    if isinstance(source, ArraySource):
-        train_raw = tf.data.Dataset.from_tensor_slices((source.x_train[~mask], source.y_train[~mask]))
-        val_raw = tf.data.Dataset.from_tensor_slices((source.x_train[mask], source.y_train[mask]))
-        test_raw = tf.data.Dataset.from_tensor_slices((source.x_test, source.y_test))
-        example_bytes = source.x_train[:1].nbytes
-    else:
-        train_raw = _select(source.train, mask, keep=False, count=num_train)
-        val_raw = _select(source.train, mask, keep=True, count=num_val)
-        test_raw = source.test
-        example_bytes = int(np.prod(stored_shape)) * 1  # tfds images are uint8
-        train_raw, val_raw, test_raw = (
-            _maybe_cache(ds, n * example_bytes)
-            for ds, n in (
-                (train_raw, num_train),
-                (val_raw, num_val),
-                (test_raw, source.num_test),
-            )
-        )
-
-    # The source keeps its order whatever `deterministic` says; only our batch maps may relax it.
-    options = tf.data.Options()
-    options.deterministic = True
-    autotune = tf.data.AUTOTUNE
-    # Plain tensor code: skipping autograph's conversion saves seconds of tracing per load.
-    plain = tf.autograph.experimental.do_not_convert
-
-    @plain
-    def prepare(images, labels, seeds=None):
-        if target is not None:
-            images = tf.image.resize(_to_float(images), target, antialias=True)
-            images = tf.clip_by_value(images, 0.0, 1.0)
-        if seeds is not None:
-            images = augment_lib.augment_batch(images, seeds, policy)
-        return _to_float(images), tf.cast(labels, tf.int32)
-
-    buffer = max(MIN_SHUFFLE_BUFFER, SHUFFLE_BUFFER_BYTES // max(example_bytes, 1))
-    steps_per_epoch = num_train // batch_size
-
-    def shuffled_batches():
-        # A new dataset each call: a seeded reshuffling shuffle draws its per-epoch orders from a
-        # generator that belongs to the dataset object, so two streams sharing one would interfere.
-        shuffled = train_raw.shuffle(min(num_train, buffer), seed=seed, reshuffle_each_iteration=True)
-        return shuffled.batch(batch_size, drop_remainder=True)
-
-    def finish(batches, seeds):
-        if policy == "none":
-            batches = batches.map(prepare, num_parallel_calls=autotune, deterministic=deterministic)
-        else:
-            batches = tf.data.Dataset.zip(batches, seeds).map(
-                plain(lambda batch, batch_seeds: prepare(*batch, batch_seeds)),
-                num_parallel_calls=autotune,
-                deterministic=deterministic,
-            )
-        return batches.prefetch(autotune).with_options(options)
-
-    # A fresh pair of seeds per batch, different every epoch, same for every run with `seed`.
-    train = finish(shuffled_batches(), tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2))
-
-    def train_from(epoch: int):
-        # Epoch e's order is the e-th of the seeded shuffle's sequence, in every process: skipping
-        # the batches of the epochs before `epoch` regenerates those orders (only shuffling and
-        # batching, no augmentation or float conversion) so a resumed run sees the uninterrupted
-        # run's batches. Augmentation seeds are a function of the batch's index since epoch 0.
-        first = epoch * steps_per_epoch
-        batches = shuffled_batches().repeat().skip(first)
-        seeds = tf.data.Dataset.counter(first).map(plain(lambda i: tf.stack([tf.constant(seed, tf.int64), i])))
-        return finish(batches, seeds)
-
-    def evaluation(ds):
-        ds = ds.batch(eval_batch_size).map(prepare, num_parallel_calls=autotune)
-        return ds.prefetch(autotune).with_options(options)
-
+    train_raw, val_raw, test_raw, example_bytes = _raw_splits(source, num_train, num_val)
+    batches = _Batches(
+        train_raw,
+        num_train=num_train,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        seed=seed,
+        policy=policy,
+        target=target,
+        deterministic=deterministic,
+        example_bytes=example_bytes,
+    )
     info = DatasetInfo(
         name=source.name,
         image_shape=tuple(int(d) for d in image_shape),
@@ -192,12 +128,131 @@ def build_splits(
         + (" (augmentation turned off)" if not augment and source.augmentation != "none" else ""),
     )
     return Splits(
-        train=train,
-        val=evaluation(val_raw) if num_val else None,
-        test=evaluation(test_raw),
+        train=batches.train(),
+        val=batches.evaluation(val_raw) if num_val else None,
+        test=batches.evaluation(test_raw),
         info=info,
-        train_from=train_from,
+        train_from=batches.train_from,
     )
+
+
+def _raw_splits(source: ArraySource | StreamSource, num_train: int, num_val: int):
+    """(train, val, test) datasets of single examples in their stored dtype, the validation examples
+    carved out of the training set; and the bytes of one stored example."""
+    import tensorflow as tf
+
+    mask = validation_mask(source.num_train, num_val)
+    if isinstance(source, ArraySource):
+        train_raw = tf.data.Dataset.from_tensor_slices((source.x_train[~mask], source.y_train[~mask]))
+        val_raw = tf.data.Dataset.from_tensor_slices((source.x_train[mask], source.y_train[mask]))
+        test_raw = tf.data.Dataset.from_tensor_slices((source.x_test, source.y_test))
+        return train_raw, val_raw, test_raw, source.x_train[:1].nbytes
+    train_raw = _select(source.train, mask, keep=False, count=num_train)
+    val_raw = _select(source.train, mask, keep=True, count=num_val)
+    test_raw = source.test
+    example_bytes = int(np.prod(source.image_shape)) * 1  # tfds images are uint8
+    train_raw, val_raw, test_raw = (
+        _maybe_cache(ds, n * example_bytes)
+        for ds, n in (
+            (train_raw, num_train),
+            (val_raw, num_val),
+            (test_raw, source.num_test),
+        )
+    )
+    return train_raw, val_raw, test_raw, example_bytes
+
+
+class _Batches:
+    """From single examples to batches: the training split shuffled (as a function of seed and epoch) and
+    augmented, every split resized and converted to float, each pipeline prefetched."""
+
+    def __init__(
+        self,
+        train_raw,
+        *,
+        num_train: int,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        policy: str,
+        target: tuple[int, int] | None,
+        deterministic: bool,
+        example_bytes: int,
+    ):
+        import tensorflow as tf
+
+        self.train_raw, self.num_train, self.seed = train_raw, num_train, seed
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.policy, self.target, self.deterministic = policy, target, deterministic
+        # The source keeps its order whatever `deterministic` says; only our batch maps may relax it.
+        self.options = tf.data.Options()
+        self.options.deterministic = True
+        # Plain tensor code: skipping autograph's conversion saves seconds of tracing per load.
+        self.plain = tf.autograph.experimental.do_not_convert
+        self.prepare = self.plain(self._prepare)
+        self.buffer = max(MIN_SHUFFLE_BUFFER, SHUFFLE_BUFFER_BYTES // max(example_bytes, 1))
+        self.steps_per_epoch = num_train // batch_size
+
+    def _prepare(self, images, labels, seeds=None):
+        import tensorflow as tf
+
+        if self.target is not None:
+            images = tf.image.resize(_to_float(images), self.target, antialias=True)
+            images = tf.clip_by_value(images, 0.0, 1.0)
+        if seeds is not None:
+            images = augment_lib.augment_batch(images, seeds, self.policy)
+        return _to_float(images), tf.cast(labels, tf.int32)
+
+    def shuffled_batches(self):
+        # A new dataset each call: a seeded reshuffling shuffle draws its per-epoch orders from a
+        # generator that belongs to the dataset object, so two streams sharing one would interfere.
+        shuffled = self.train_raw.shuffle(
+            min(self.num_train, self.buffer), seed=self.seed, reshuffle_each_iteration=True
+        )
+        return shuffled.batch(self.batch_size, drop_remainder=True)
+
+    def finish(self, batches, seeds):
+        import tensorflow as tf
+
+        autotune = tf.data.AUTOTUNE
+        if self.policy == "none":
+            batches = batches.map(self.prepare, num_parallel_calls=autotune, deterministic=self.deterministic)
+        else:
+            batches = tf.data.Dataset.zip(batches, seeds).map(
+                self.plain(lambda batch, batch_seeds: self.prepare(*batch, batch_seeds)),
+                num_parallel_calls=autotune,
+                deterministic=self.deterministic,
+            )
+        return batches.prefetch(autotune).with_options(self.options)
+
+    def train(self):
+        """One pass per iteration; a fresh pair of seeds per batch, different every epoch, same for every
+        run with `seed`."""
+        import tensorflow as tf
+
+        batches = self.shuffled_batches()
+        return self.finish(batches, tf.data.Dataset.random(seed=self.seed, rerandomize_each_iteration=True).batch(2))
+
+    def train_from(self, epoch: int):
+        # Epoch e's order is the e-th of the seeded shuffle's sequence, in every process: skipping
+        # the batches of the epochs before `epoch` regenerates those orders (only shuffling and
+        # batching, no augmentation or float conversion) so a resumed run sees the uninterrupted
+        # run's batches. Augmentation seeds are a function of the batch's index since epoch 0.
+        import tensorflow as tf
+
+        first = epoch * self.steps_per_epoch
+        batches = self.shuffled_batches().repeat().skip(first)
+        seeds = tf.data.Dataset.counter(first).map(
+            self.plain(lambda i: tf.stack([tf.constant(self.seed, tf.int64), i]))
+        )
+        return self.finish(batches, seeds)
+
+    def evaluation(self, ds):
+        import tensorflow as tf
+
+        autotune = tf.data.AUTOTUNE
+        ds = ds.batch(self.eval_batch_size).map(self.prepare, num_parallel_calls=autotune)
+        return ds.prefetch(autotune).with_options(self.options)
 
 
 def subset_mask(num_train: int, count: int) -> np.ndarray:

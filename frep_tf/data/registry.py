@@ -106,18 +106,9 @@ def load_dataset(
     Raises:
       DatasetError: any problem with the arguments or the data, as one line naming the flag or path.
     """
-    check_dataset_name(name)
-    batch_size = _positive_int(batch_size, "--batch_size")
-    eval_batch_size = batch_size if eval_batch_size is None else _positive_int(eval_batch_size, "--eval_batch_size")
-    seed = _int(seed, "--seed")
-    size = _image_size(image_size)
-    if augmentation is not None:
-        from frep_tf.data.augment import check_policy
-
-        check_policy(augmentation)
-    if svhn_extra and name != "svhn":
-        raise DatasetError(f"--svhn_extra applies only to --dataset=svhn; received --dataset={name}")
-
+    batch_size, eval_batch_size, seed, size = _check_arguments(
+        name, batch_size, eval_batch_size, seed, image_size, svhn_extra, augmentation
+    )
     source = _load_source(
         name,
         data_dir=data_dir,
@@ -143,6 +134,22 @@ def load_dataset(
         deterministic=bool(deterministic),
         train_samples=_int(train_samples, "--train_samples"),
     )
+
+
+def _check_arguments(name, batch_size, eval_batch_size, seed, image_size, svhn_extra, augmentation):
+    """(batch_size, eval_batch_size, seed, image size or None), checked; DatasetError names the flag."""
+    check_dataset_name(name)
+    batch_size = _positive_int(batch_size, "--batch_size")
+    eval_batch_size = batch_size if eval_batch_size is None else _positive_int(eval_batch_size, "--eval_batch_size")
+    seed = _int(seed, "--seed")
+    size = _image_size(image_size)
+    if augmentation is not None:
+        from frep_tf.data.augment import check_policy
+
+        check_policy(augmentation)
+    if svhn_extra and name != "svhn":
+        raise DatasetError(f"--svhn_extra applies only to --dataset=svhn; received --dataset={name}")
+    return batch_size, eval_batch_size, seed, size
 
 
 def _load_source(

@@ -112,20 +112,47 @@ def evaluate_model(
     points still classified correctly (for per-point comparisons with other implementations).
     """
     names = _canonical_attacks(attacks)
-    differentiable = getattr(model_fn, "differentiable", True) is not False
-    needs_gradients = [a for a in names if a not in GRADIENT_FREE]
-    if needs_gradients and not differentiable:
-        raise common.NotDifferentiableError(
-            f"{needs_gradients} need input gradients, which this model does not have; on a "
-            f"TFLite model run {GRADIENT_FREE} or use transfer_accuracy."
-        )
-    if not epsilon >= 0:
-        raise ValueError(f"epsilon must be >= 0. Received: epsilon={epsilon}")
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y, np.int32).reshape(-1)
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"x and y must be non-empty and of equal length. Received: {len(x)} inputs, {len(y)} labels")
-    settings = {
+    differentiable = _check_differentiable(model_fn, names)
+    x, y = _check_data(x, y, epsilon)
+    settings = _settings(
+        epsilon=epsilon,
+        batch_size=batch_size,
+        seed=seed,
+        pgd_steps=pgd_steps,
+        pgd_step_size=pgd_step_size,
+        pgd_restarts=pgd_restarts,
+        mim_steps=mim_steps,
+        mim_step_size=mim_step_size,
+        mim_decay=mim_decay,
+        square_queries=square_queries,
+        square_p_init=square_p_init,
+        square_rescale_schedule=square_rescale_schedule,
+    )
+    run = _AttackRun(model_fn, x, y, epsilon, batch_size, seed, settings, autoattack_settings, progress)
+    results = run.attack_all(names, per_point)
+    if sanity:
+        results["sanity"] = run.sanity(results, differentiable, sweep_factors, sweep_samples, sweep_steps)
+    results["config"] = settings
+    return results
+
+
+def _settings(
+    *,
+    epsilon,
+    batch_size,
+    seed,
+    pgd_steps,
+    pgd_step_size,
+    pgd_restarts,
+    mim_steps,
+    mim_step_size,
+    mim_decay,
+    square_queries,
+    square_p_init,
+    square_rescale_schedule,
+) -> dict:
+    """The settings the attacks run with, defaults resolved (results' "config")."""
+    return {
         "epsilon": float(epsilon),
         "batch_size": batch_size,
         "seed": seed,
@@ -144,78 +171,118 @@ def evaluate_model(
         ),
     }
 
-    results, max_perturbation = {}, {}
-    start = time.perf_counter()
-    clean_correct = common.predictor(model_fn, x.shape)(x, batch_size) == y
-    results["clean"] = _entry(clean_correct, time.perf_counter() - start)
-    worst = clean_correct.copy()
-    aa_after, square_found = None, None
-    for name in names:
-        if name == "clean":
-            continue
-        start, extra = time.perf_counter(), {}
-        if name in ("autoattack", "apgd-ce", "apgd-t", "fab-t"):
-            stages = autoattack.ATTACKS if name == "autoattack" else (name,)
-            res = autoattack.run(
-                model_fn,
-                x,
-                y,
-                eps=epsilon,
-                attacks=stages,
-                settings=autoattack_settings,
-                batch_size=batch_size,
-                seed=seed,
-                progress=progress,
-                clean_correct=clean_correct,
-            )
-            x_adv, correct = res.x_adv, res.robust
-            if name == "autoattack":
-                aa_after = extra["after"] = res.accuracy_after
-                square_found = res.broken_by.get("square")
-                settings["autoattack"] = dataclasses.asdict(autoattack_settings)
-        else:
-            fn = _single_attack_fn(name, model_fn, epsilon, settings)
-            compiled = common.compile_batch_fn(fn, x.shape, model_fn=model_fn)
-            # The seed stream is tied to the attack, not to its position in `attacks`.
-            x_adv, still_correct = common.run_batched(
-                compiled,
-                x,
-                y,
-                batch_size=batch_size,
-                seed=seed,
-                stream=STREAMS[name],
-                desc=name,
-                progress=progress,
-            )
-            correct = clean_correct & still_correct
-        results[name] = _entry(correct, time.perf_counter() - start, **extra)
-        max_perturbation[name] = float(np.max(np.abs(x_adv - x)))
-        worst &= correct
-        if per_point is not None:
-            per_point[name] = correct
-    if per_point is not None:
-        per_point["clean"] = clean_correct
-    if len(results) > 1:
-        results["worst_case"] = _entry(worst, sum(r["seconds"] for r in results.values()))
 
-    if sanity:
-        results["sanity"] = run_sanity(
-            model_fn,
-            x,
-            y,
-            clean_correct,
+def _check_differentiable(model_fn, names) -> bool:
+    """Whether model_fn has input gradients; raises NotDifferentiableError if an attack needs them and it has none."""
+    differentiable = getattr(model_fn, "differentiable", True) is not False
+    needs_gradients = [a for a in names if a not in GRADIENT_FREE]
+    if needs_gradients and not differentiable:
+        raise common.NotDifferentiableError(
+            f"{needs_gradients} need input gradients, which this model does not have; on a "
+            f"TFLite model run {GRADIENT_FREE} or use transfer_accuracy."
+        )
+    return differentiable
+
+
+def _check_data(x, y, epsilon):
+    """(x float32, y int32 flat), after checking epsilon and that x and y match."""
+    if not epsilon >= 0:
+        raise ValueError(f"epsilon must be >= 0. Received: epsilon={epsilon}")
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.int32).reshape(-1)
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"x and y must be non-empty and of equal length. Received: {len(x)} inputs, {len(y)} labels")
+    return x, y
+
+
+class _AttackRun:
+    """The attacks of one `evaluate_model` call on (x, y), and what its sanity checks read afterwards:
+    the clean predictions, the largest perturbation of each attack, AutoAttack's accuracy after each
+    stage and the points Square broke."""
+
+    def __init__(self, model_fn, x, y, epsilon, batch_size, seed, settings, autoattack_settings, progress):
+        self.model_fn, self.x, self.y, self.epsilon = model_fn, x, y, epsilon
+        self.batch_size, self.seed, self.settings = batch_size, seed, settings
+        self.autoattack_settings, self.progress = autoattack_settings, progress
+        self.max_perturbation: dict = {}
+        self.clean_correct = None
+        self.aa_after, self.square_found = None, None
+
+    def attack_all(self, names, per_point) -> dict:
+        """{attack: entry} for clean and every attack in `names`, and "worst_case" over them."""
+        start = time.perf_counter()
+        self.clean_correct = common.predictor(self.model_fn, self.x.shape)(self.x, self.batch_size) == self.y
+        results = {"clean": _entry(self.clean_correct, time.perf_counter() - start)}
+        worst = self.clean_correct.copy()
+        for name in names:
+            if name == "clean":
+                continue
+            start, extra = time.perf_counter(), {}
+            x_adv, correct = self.attack(name, extra)
+            results[name] = _entry(correct, time.perf_counter() - start, **extra)
+            self.max_perturbation[name] = float(np.max(np.abs(x_adv - self.x)))
+            worst &= correct
+            if per_point is not None:
+                per_point[name] = correct
+        if per_point is not None:
+            per_point["clean"] = self.clean_correct
+        if len(results) > 1:
+            results["worst_case"] = _entry(worst, sum(r["seconds"] for r in results.values()))
+        return results
+
+    def sanity(self, results, differentiable, sweep_factors, sweep_samples, sweep_steps) -> dict:
+        """The sanity checks (frep_tf.evaluation.sanity) of the attacks' `results`."""
+        return run_sanity(
+            self.model_fn,
+            self.x,
+            self.y,
+            self.clean_correct,
             results,
-            aa_after,
-            square_found,
-            max_perturbation,
-            epsilon=epsilon,
-            batch_size=batch_size,
-            seed=seed,
+            self.aa_after,
+            self.square_found,
+            self.max_perturbation,
+            epsilon=self.epsilon,
+            batch_size=self.batch_size,
+            seed=self.seed,
             differentiable=differentiable,
             sweep_factors=sweep_factors,
             sweep_samples=sweep_samples,
             sweep_steps=sweep_steps,
-            progress=progress,
+            progress=self.progress,
         )
-    results["config"] = settings
-    return results
+
+    def attack(self, name, extra: dict):
+        """(x_adv, points still classified correctly) of one attack; AutoAttack adds "after" to `extra`."""
+        if name in ("autoattack", "apgd-ce", "apgd-t", "fab-t"):
+            stages = autoattack.ATTACKS if name == "autoattack" else (name,)
+            res = autoattack.run(
+                self.model_fn,
+                self.x,
+                self.y,
+                eps=self.epsilon,
+                attacks=stages,
+                settings=self.autoattack_settings,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                progress=self.progress,
+                clean_correct=self.clean_correct,
+            )
+            if name == "autoattack":
+                self.aa_after = extra["after"] = res.accuracy_after
+                self.square_found = res.broken_by.get("square")
+                self.settings["autoattack"] = dataclasses.asdict(self.autoattack_settings)
+            return res.x_adv, res.robust
+        fn = _single_attack_fn(name, self.model_fn, self.epsilon, self.settings)
+        compiled = common.compile_batch_fn(fn, self.x.shape, model_fn=self.model_fn)
+        # The seed stream is tied to the attack, not to its position in `attacks`.
+        x_adv, still_correct = common.run_batched(
+            compiled,
+            self.x,
+            self.y,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            stream=STREAMS[name],
+            desc=name,
+            progress=self.progress,
+        )
+        return x_adv, self.clean_correct & still_correct
