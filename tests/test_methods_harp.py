@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from frep_tf.config import ConfigError
 from frep_tf.layers.reparam import reparam_layers
-from frep_tf.methods import harp, stages
+from frep_tf.methods import harp, harp_budget, stages
 from frep_tf.models import build_model
 from tests.test_methods_pipeline import TINY, _exported, _strip, cfg_of, check_run, run_main
 
@@ -66,7 +66,7 @@ def test_learnt_rates_always_meet_the_global_budget_exactly_after_allocation():
         assert np.all(rates > state.floor) and np.all(rates < 1)
         # While learning, each layer keeps n - floor((1 - r) n) (the original's GetSubnet), at least one.
         np.testing.assert_array_equal(
-            harp.keep_counts(state.rates(), state.sizes).numpy(), sizes - np.floor((1 - rates) * sizes)
+            harp_budget.keep_counts(state.rates(), state.sizes).numpy(), sizes - np.floor((1 - rates) * sizes)
         )
     # Extremes: every layer at the floor, every layer dense, one layer everything; tiny and whole budgets.
     for densities, keep_total in [
@@ -76,19 +76,19 @@ def test_learnt_rates_always_meet_the_global_budget_exactly_after_allocation():
         (rng.random(4), 4),
         (rng.random(4), int(sizes.sum())),
     ]:
-        counts = harp.allocate(densities, sizes, keep_total)
+        counts = harp_budget.allocate(densities, sizes, keep_total)
         assert counts.sum() == keep_total and np.all(counts >= 1) and np.all(counts <= sizes), counts
 
 
 def test_allocation_follows_the_learnt_rates():
     # Learnt counts 10, 30, 60 (of 100 each) scaled to keep 50: 5, 15, 30, nothing to round.
-    np.testing.assert_array_equal(harp.allocate([0.1, 0.3, 0.6], [100, 100, 100], 50), [5, 15, 30])
+    np.testing.assert_array_equal(harp_budget.allocate([0.1, 0.3, 0.6], [100, 100, 100], 50), [5, 15, 30])
     # A layer that would exceed its size is capped and the others take the rest in proportion.
-    np.testing.assert_array_equal(harp.allocate([0.9, 0.05, 0.05], [10, 100, 100], 30), [10, 10, 10])
+    np.testing.assert_array_equal(harp_budget.allocate([0.9, 0.05, 0.05], [10, 100, 100], 30), [10, 10, 10])
     # Largest remainder: scale 40/30 gives 13.33 each; the first (stable order) gets the extra one.
-    np.testing.assert_array_equal(harp.allocate([0.1, 0.1, 0.1], [100, 100, 100], 40), [14, 13, 13])
+    np.testing.assert_array_equal(harp_budget.allocate([0.1, 0.1, 0.1], [100, 100, 100], 40), [14, 13, 13])
     with pytest.raises(ValueError):
-        harp.allocate([0.1, 0.1, 0.1], [100, 100, 100], 2)  # fewer weights than layers
+        harp_budget.allocate([0.1, 0.1, 0.1], [100, 100, 100], 2)  # fewer weights than layers
 
 
 # -- (b) gradients through the straight-through top-k -------------------------------------------------------
@@ -98,12 +98,12 @@ def test_straight_through_mask_forward_count_and_gradients():
     rate = tf.constant(0.4)  # keeps 6 - floor(0.6 * 6) = 3
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([values, rate])
-        mask = harp.straight_through_mask(tf.abs(values), rate, 6)
+        mask = harp_budget.straight_through_mask(tf.abs(values), rate, 6)
         total = tf.reduce_sum(mask * upstream)
     np.testing.assert_array_equal(mask.numpy(), [[0, 1, 1], [0, 1, 0]])  # exact top-3 of |v|
     np.testing.assert_array_equal(tape.gradient(total, values).numpy(), upstream.numpy() * np.sign(values.numpy()))
     assert tape.gradient(total, rate).numpy() == 21.0  # the sum of the mask's gradient
-    tied = harp.rank_mask(tf.ones([2, 3]), tf.constant(4))
+    tied = harp_budget.rank_mask(tf.ones([2, 3]), tf.constant(4))
     np.testing.assert_array_equal(tied.numpy(), [[1, 1, 1], [1, 0, 0]])  # ties: lower index first, exact k
 
 
@@ -182,7 +182,7 @@ def test_gamma_grows_step_wise_and_freezes_once_the_budget_is_met(met_after):
     budget[(met_after + 1) * per_epoch if met_after is not None else 0] = 3e-5  # "0.0000" at 4 decimals
     gamma, frozen, got = tf.constant(gamma0), tf.constant(False), []
     for s in range(total):
-        gamma, frozen = harp.next_gamma(s, total, epochs, gamma0, gamma, frozen, tf.constant(budget[s]))
+        gamma, frozen = harp_budget.next_gamma(s, total, epochs, gamma0, gamma, frozen, tf.constant(budget[s]))
         got.append(float(gamma.numpy()))
     ends = [budget[(e + 1) * per_epoch] if e + 1 < epochs else 0.0 for e in range(epochs)]
     np.testing.assert_allclose(got, _original_gammas(ends, epochs, per_epoch, gamma0), rtol=1e-6)
@@ -252,7 +252,7 @@ def test_final_masks_have_exactly_the_global_sparsity_and_follow_rates_and_score
         kept = [int(m.sum()) for m in masks]
         assert sum(kept) == round((1 - sparsity) * sum(sizes)), (sparsity, kept)
         assert all(k >= 1 for k in kept)
-        np.testing.assert_array_equal(kept, harp.allocate(state.rates().numpy(), sizes, sum(kept)))
+        np.testing.assert_array_equal(kept, harp_budget.allocate(state.rates().numpy(), sizes, sum(kept)))
         for layer, s, mask, k in zip(layers, state.scores, masks, kept, strict=True):
             np.testing.assert_array_equal(mask, _np_topk_mask(np.abs(np.asarray(s)), k))
             np.testing.assert_array_equal(np.asarray(layer.mask), mask)
