@@ -6,7 +6,7 @@
     python main.py --mode=experiment --experiment=configs/experiments/fashion_frep_vs_ori.cfg --workdir=runs/fo
     python main.py --mode=report --workdir=runs/fo
 
-Parses flags, validates them into a frozen Config, then runs frep_tf.pipeline. The same command
+Parses flags, validates them into a frozen Config, then runs it (frep_tf.run). The same command
 again resumes an interrupted run, or prints the results of a finished one.
 
 Exit status: 0 done (or already done); 2 bad input: a flag, flag combination, dataset, model file,
@@ -72,16 +72,16 @@ def main(argv) -> None:
     if cfg.run.mode in ("experiment", "report"):
         _experiment(cfg)
         return
-    from frep_tf import pipeline
     from frep_tf.data import DatasetError
     from frep_tf.model_io import ModelFileError
+    from frep_tf.run import current_stage, run
 
     try:
-        pipeline.run(cfg)
+        run(cfg)
     except (ConfigError, DatasetError, ModelFileError) as exc:
         _fail(str(exc))
     except Exception as exc:
-        # These live in modules that import TensorFlow, and are only raised once the pipeline has.
+        # These live in modules that import TensorFlow, and are only raised once the run has.
         from frep_tf.export import ExportError
         from frep_tf.training.checkpoint import CheckpointError
         from frep_tf.training.guards import NonFiniteLossError
@@ -91,7 +91,7 @@ def main(argv) -> None:
             _fail(str(exc))
         if isinstance(exc, (NonFiniteLossError, ExportError, PruningError)):
             _fail(str(exc), EXIT_RUN_FAILED)
-        _fail_unexpected(exc, cfg.run.workdir, pipeline.current_stage())
+        _fail_unexpected(exc, cfg.run.workdir, current_stage())
 
 
 def _fail_unexpected(exc: Exception, workdir: str, stage: str) -> None:
@@ -101,12 +101,14 @@ def _fail_unexpected(exc: Exception, workdir: str, stage: str) -> None:
     import tempfile
     import traceback
 
+    from frep_tf.workdir import ERROR_LOG
+
     text = "".join(traceback.format_exception(exc))
     log = None
     for directory in ([workdir] if workdir else []) + [tempfile.gettempdir()]:
         try:
             os.makedirs(directory, exist_ok=True)
-            path = os.path.join(directory, "error.log")
+            path = os.path.join(directory, ERROR_LOG)
             with open(path, "w") as f:
                 f.write(f"stage: {stage}\n{text}")
             log = path
@@ -123,10 +125,10 @@ def _fail_unexpected(exc: Exception, workdir: str, stage: str) -> None:
     where = f"full traceback in {log}" if log else "the traceback could not be written"
     kept = ""
     if workdir:
-        from frep_tf import resume
         from frep_tf.training import checkpoint
+        from frep_tf.workdir import checkpoint_dir
 
-        newest = checkpoint.latest(os.path.join(workdir, resume.CHECKPOINT_DIR))
+        newest = checkpoint.latest(checkpoint_dir(workdir))
         if newest:
             kept = f"; the last good checkpoint, {newest}, is kept (the same command resumes)"
     _fail(f"the {stage} stage failed: {cause} ({where}){kept}", EXIT_RUN_FAILED)

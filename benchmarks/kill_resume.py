@@ -8,7 +8,7 @@ One uninterrupted reference run of the digits quickstart (4 epochs, one-shot pru
 4, --deterministic), then for every scenario a fresh workdir: `main.py` is started, killed with
 SIGKILL at the scenario's moment (one or more times), started again with the same command until it
 finishes. Moments are hit either from outside (a line on stdout or a file in the workdir, plus a
-delay) or, when too short to hit that way, by the FREP_TF_TEST_KILL_AT hook (frep_tf/kill_points.py),
+delay) or, when too short to hit that way, by the FREP_TF_TEST_KILL_AT hook (frep_tf/kill_points.py; the flags are tests/helpers.py's),
 which makes the process SIGKILL itself at a named point.
 
 Compared with the reference, exactly: results.json in full except wall-clock fields (`timings`,
@@ -33,9 +33,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from frep_tf import kill_points  # noqa: E402  (after the path insert)
+from tests.helpers import QUICK_RUN_FLAGS  # noqa: E402  (after the path insert)
 
-FLAGS = list(kill_points.QUICK_RUN_FLAGS)
+FLAGS = list(QUICK_RUN_FLAGS)
 
 # name: (description, [kill, kill, ...]); a kill is ("line", text, delay) | ("file", relpath, delay)
 # | ("hook", "point:n"). The run is restarted after each kill, then once more to finish.

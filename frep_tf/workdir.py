@@ -9,6 +9,7 @@ A run's workdir (frep_tf.run writes it, frep_tf.resume decides what a run may do
     tb/                     TensorBoard; tb/frep/ holds the per-epoch validation scalars
     export/                 the exported model in every requested format
     error.log               the traceback of a run that failed unexpectedly
+    source/                 --method=iwi: the workdir of its stage 1, a run of its own (the small network)
     .export-staging/, .export-previous/   scratch of the atomic export swap (a kill may leave them)
 
 An experiment's workdir (frep_tf.experiments):
@@ -33,6 +34,7 @@ EXPORT_DIR = "export"
 TENSORBOARD_DIR = "tb"
 VALIDATION_LOG_DIR = os.path.join(TENSORBOARD_DIR, "frep")  # the epoch monitor's and pruning's scalars
 ERROR_LOG = "error.log"
+IWI_SOURCE_DIR = "source"
 EXPORT_STAGING = ".export-staging"
 EXPORT_PREVIOUS = ".export-previous"
 # A run's outputs, in the order --overwrite deletes them: config.json first, so an interrupted deletion

@@ -140,13 +140,13 @@ def test_one_frep_step_matches_a_hand_computed_reference(attack_bn):
 
 def test_learning_rate_ensemble_interval_and_tau_at_the_decays():
     """The paper's schedule: 100 epochs of 391 steps, lr 0.1 / 10 at epochs 70 and 85, interval 100 x 10."""
-    from frep_tf import pipeline
     from frep_tf.data.splits import DatasetInfo
+    from tests.helpers import build_and_compile
 
     cfg = Config(train=TrainConfig(epochs=100), model=ModelConfig(arch="small_cnn", width=0.25))
     info = DatasetInfo("synthetic", (8, 8, 1), 10, num_train=50_000, num_val=0, num_test=0, augmentation="none")
     keras.utils.set_random_seed(0)
-    model, decay_steps = pipeline.build_and_compile(cfg, info, steps_per_epoch=391)
+    model, decay_steps = build_and_compile(cfg, info, steps_per_epoch=391)
     assert decay_steps == (70 * 391, 85 * 391)
     ensemble = TemporalEnsemble(decay=0.99, warmup=10.0, interval=100, decay_steps=decay_steps)
     ensemble.set_model(model)

@@ -259,7 +259,7 @@ def test_model_files_are_checked_before_tensorflow_starts(tmp_path):
     with pytest.raises(ModelFileError, match="--transfer_from=.*no such file"):
         check_model_path(str(tmp_path / "none.keras"), flag="transfer_from")
     code = (
-        "import sys; from frep_tf import pipeline, resume, model_io; "
+        "import sys; from frep_tf import run, resume, model_io, workdir; "
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

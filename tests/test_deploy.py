@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from frep_tf import predict
+from frep_tf.run import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFLITE_FILES = {

@@ -39,11 +39,12 @@ RUN = [
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """(workdir, results.json, the network fused, the ensemble, test images, test labels)."""
-    from frep_tf import pipeline
     from frep_tf.config import Config
     from frep_tf.data.splits import dataset_arrays
     from frep_tf.fuse import fuse
+    from frep_tf.run.setup import load_data
     from frep_tf.training import checkpoint
+    from tests.helpers import build_and_compile
 
     workdir = tmp_path_factory.mktemp("export_is_ensemble")
     proc = run_main(*RUN, f"--workdir={workdir}", env_extra={"FREP_TF_TEST_KILL_AT": "results"})
@@ -53,8 +54,8 @@ def run(tmp_path_factory):
     # The run's own resolved configuration rebuilds its model; the checkpoint fills in every variable.
     sections = json.loads((workdir / "config.json").read_text())
     cfg = Config.from_flat({k: v for section in sections.values() for k, v in section.items()})
-    splits = pipeline.load_data(cfg)
-    model, _ = pipeline.build_and_compile(cfg, splits.info, splits.info.num_train // cfg.data.batch_size)
+    splits = load_data(cfg)
+    model, _ = build_and_compile(cfg, splits.info, splits.info.num_train // cfg.data.batch_size)
     restored = checkpoint.restore(model, checkpoint.latest(str(workdir / "checkpoint")))
     assert restored.epoch == 3
     x_test, y_test = dataset_arrays(splits.test)
@@ -112,7 +113,7 @@ def test_evaluate_mode_reproduces_the_runs_clean_accuracy(name, run):
     from absl import flags as absl_flags
 
     import flags
-    from frep_tf import pipeline
+    import frep_tf.run
     from frep_tf.validation import validate
 
     workdir, results, _, _, _, _ = run
@@ -121,7 +122,7 @@ def test_evaluate_mode_reproduces_the_runs_clean_accuracy(name, run):
     # --workdir= : what main.py does for an evaluation without --workdir (nothing is written).
     model = workdir / "export" / name
     fv(["main.py", "--mode=evaluate", f"--model={model}", "--dataset=digits", "--eval_attacks=clean", "--workdir="])
-    evaluated = pipeline.run(validate(flags.config_from_flags(fv)))
+    evaluated = frep_tf.run.run(validate(flags.config_from_flags(fv)))
     # The training run's test split (digits, the default seed): the same 360 images, the same answer.
     want = results["evaluation"]["clean"]
     got = evaluated["evaluation"]["clean"]

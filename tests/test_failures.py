@@ -9,7 +9,7 @@ import sys
 import keras
 import numpy as np
 
-from frep_tf.kill_points import TINY_DENSE_RUN_FLAGS
+from tests.helpers import TINY_DENSE_RUN_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "main.py")

@@ -193,8 +193,8 @@ def test_the_prune_step_routes_the_budget_gradient_and_the_straight_through_one_
     """One optimizer step of the real prune stage (natural loss, no weight decay, SGD lr 0.1): the rate
     parameters move by -lr (straight-through + gamma * budget gradient), the scores by -lr (straight
     through), the kernels not at all; the step counter and gamma follow the schedule."""
-    from frep_tf import pipeline
     from frep_tf.data.splits import DatasetInfo
+    from frep_tf.run.setup import build_robust_model
 
     keras.utils.set_random_seed(0)
     cfg = cfg_of(
@@ -202,7 +202,7 @@ def test_the_prune_step_routes_the_budget_gradient_and_the_straight_through_one_
         parameterization="plain", ensemble=False, harp_gamma=2.0, harp_init_density=0.5, lr=0.1,
     )  # fmt: skip
     info = DatasetInfo("tiny", (8, 8, 1), 10, num_train=16, num_val=0, num_test=0, augmentation="none")
-    model = pipeline.build_robust_model(cfg, info)
+    model = build_robust_model(cfg, info)
     stage = next(s for s in stages.plan(cfg) if s.name == "prune")
     stages.configure(stage, model, cfg)
     stages.compile_stage(stage, model, steps_per_epoch=1, cfg=cfg)

@@ -7,11 +7,11 @@ import keras
 import numpy as np
 import pytest
 
-from frep_tf import pipeline
 from frep_tf.data.splits import DatasetInfo
 from frep_tf.fuse import fuse
 from frep_tf.methods import lottery, stages
 from frep_tf.models import build_model
+from frep_tf.run.setup import build_robust_model
 from tests.test_methods_pipeline import TINY, _exported, _strip, cfg_of, check_run, run_main
 
 INFO = DatasetInfo("tiny", (8, 8, 1), 10, num_train=64, num_val=0, num_test=0, augmentation="none")
@@ -31,7 +31,7 @@ def _lottery_model(**flat):
         "pgd_steps": 1,
     }
     cfg = cfg_of(**(settings | flat))
-    return cfg, pipeline.build_robust_model(cfg, INFO)
+    return cfg, build_robust_model(cfg, INFO)
 
 
 def _train(model, cfg, stage):

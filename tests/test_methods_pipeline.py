@@ -288,8 +288,8 @@ def test_hydra_killed_in_its_second_stage_ends_as_the_uninterrupted_run(hydra_re
 def test_pruned_weights_stay_exactly_zero_in_the_fine_tuning_stage(method, stage_name, parameterization):
     import keras
 
-    from frep_tf import pipeline
     from frep_tf.data.splits import DatasetInfo
+    from frep_tf.run.setup import build_robust_model
 
     keras.utils.set_random_seed(0)
     cfg = cfg_of(
@@ -305,7 +305,7 @@ def test_pruned_weights_stay_exactly_zero_in_the_fine_tuning_stage(method, stage
         ensemble=False,
     )
     info = DatasetInfo("tiny", (8, 8, 1), 10, num_train=64, num_val=0, num_test=0, augmentation="none")
-    model = pipeline.build_robust_model(cfg, info)
+    model = build_robust_model(cfg, info)
     plan = stages.plan(cfg)
     stage = next(s for s in plan if s.name == stage_name)
     if method == "hydra":

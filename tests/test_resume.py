@@ -17,12 +17,13 @@ import time
 import numpy as np
 import pytest
 
-from frep_tf import kill_points, resume
+from frep_tf import resume
 from frep_tf.config import Config, ConfigError
 from frep_tf.validation import validate
+from tests.helpers import QUICK_RUN_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = list(kill_points.QUICK_RUN_FLAGS)
+FLAGS = list(QUICK_RUN_FLAGS)
 
 
 def _cfg(workdir, **flat):
@@ -104,13 +105,13 @@ def test_prepare_with_overwrite_deletes_our_outputs_and_nothing_else(tmp_path):
 def _tiny(seed=0, *, tmp_path):
     import keras
 
-    from frep_tf import pipeline
     from frep_tf.data import DatasetInfo
+    from tests.helpers import build_and_compile
 
     keras.utils.set_random_seed(seed)
     cfg = _cfg(tmp_path, width=0.25, epsilon=0.1, epochs=3, prune_epoch=1, ensemble_interval=2, seed=seed)
     info = DatasetInfo("tiny", (8, 8, 1), 10, 64, 0, 0, "none")
-    model, decay_steps = pipeline.build_and_compile(cfg, info, steps_per_epoch=4)
+    model, decay_steps = build_and_compile(cfg, info, steps_per_epoch=4)
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -168,12 +169,12 @@ def test_damaged_or_foreign_checkpoints_are_reported_not_loaded(tmp_path):
     for a, b in zip(before, checkpoint.tracked_variables(model), strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))  # nothing was half-loaded
 
-    from frep_tf import pipeline
     from frep_tf.data import DatasetInfo
+    from tests.helpers import build_and_compile
 
     path = checkpoint.save(model, directory, epoch=2)
     wider_cfg = _cfg(tmp_path, width=0.5, epsilon=0.1)
-    wider, _ = pipeline.build_and_compile(wider_cfg, DatasetInfo("tiny", (8, 8, 1), 10, 64, 0, 0, "none"), 4)
+    wider, _ = build_and_compile(wider_cfg, DatasetInfo("tiny", (8, 8, 1), 10, 64, 0, 0, "none"), 4)
     wider.optimizer.build(wider.trainable_variables)
     # The first variable that differs is named with both shapes (the model tracks the BatchNorm scales of
     # its structural channel projection first, so that is bn1's scale: 8 channels there, 16 here).

@@ -22,7 +22,7 @@ import zipfile
 
 import numpy as np
 
-from frep_tf.config import ConfigError
+from frep_tf.config import Config, ConfigError
 
 NPZ_IMAGE_KEYS = ("x", "images", "x_test")
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -161,3 +161,18 @@ def to_csv(rows) -> str:
     for name, cls, prob in rows:
         writer.writerow([name, cls, f"{prob:.6f}"])
     return out.getvalue()
+
+
+def run_predict(cfg: Config) -> dict:
+    """Classify --images with --model (any exported format); print the CSV or write it to --predictions."""
+    rows = predict(cfg.eval.model, cfg.eval.images, batch_size=cfg.data.eval_batch_size)
+    text = to_csv(rows)
+    if cfg.eval.predictions:
+        tmp = cfg.eval.predictions + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, cfg.eval.predictions)
+        print(f"[frep_tf] {len(rows)} predictions written to {cfg.eval.predictions}", flush=True)
+    else:
+        print(text, end="", flush=True)
+    return {"mode": "predict", "predictions": [{"image": n, "class": c, "probability": p} for n, c, p in rows]}

@@ -1,5 +1,6 @@
 """The final evaluation protocol of a run (docs/evaluation.md): the exported model's attacks, and every exported
-TFLite file on the LiteRT interpreter. Configured by a Config; used by frep_tf.pipeline."""
+TFLite file on the LiteRT interpreter, configured by a Config (a training run's end, frep_tf.run.finish, uses
+it too); and `--mode=evaluate`, the same protocol on any saved model."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ import os
 import sys
 
 from frep_tf.config import Config
+from frep_tf.data.splits import dataset_arrays
+from frep_tf.io_utils import write_json_atomic
+from frep_tf.results import RESULTS_SCHEMA_VERSION, info_dict, summary_table
+from frep_tf.run.setup import load_data, setup_tf
+from frep_tf.run.timing import Stages, enter_stage
+from frep_tf.workdir import results_path
 
 
 def progress_bars(cfg: Config) -> bool:
@@ -140,3 +147,45 @@ def input_gradient_l1(model_fn, x, y, batch_size: int = 256, limit: int = 1000) 
         norms.append(tf.reduce_sum(tf.abs(tf.reshape(grad, [tf.shape(grad)[0], -1])), -1).numpy())
     values = np.concatenate(norms) if norms else np.zeros(0)
     return {"mean": float(values.mean()) if values.size else None, "samples": int(values.size)}
+
+
+def run_evaluate(cfg: Config) -> dict:
+    """`--mode=evaluate`: --model (and --transfer_from's PGD) on the test split; results.json when there is a
+    --workdir."""
+    from frep_tf import resume
+    from frep_tf.model_io import load_classifier
+
+    stages = Stages()
+    with stages("setup"):
+        setup_tf(cfg)
+    with stages("data"):
+        splits = load_data(cfg)
+        info = splits.info
+        x_test, y_test = dataset_arrays(splits.test)
+    with stages("load"):
+        model_fn = load_classifier(cfg.eval.model, input_shape=info.image_shape, num_classes=info.num_classes)
+        source = None
+        if cfg.eval.transfer_from:
+            source = load_classifier(
+                cfg.eval.transfer_from, input_shape=info.image_shape, num_classes=info.num_classes, flag="transfer_from"
+            )
+    with stages("evaluate"):
+        evaluation = evaluate_classifier(model_fn, x_test, y_test, cfg)
+        if source is not None:
+            n = cfg.eval.eval_samples or None
+            evaluation["transfer_pgd"] = transfer_pgd(source, {"model": model_fn}, x_test[:n], y_test[:n], cfg)["model"]
+    enter_stage("results")
+    results = {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "mode": "evaluate",
+        "dataset": info_dict(info),
+        "model": {"evaluated_path": os.path.abspath(cfg.eval.model)},
+        "evaluation": evaluation,
+        "timings": stages.seconds | {"total": stages.total()},
+    }
+    if cfg.run.workdir:
+        # Nothing is written before the evaluation is done: a bad model file leaves no trace.
+        resume.prepare(cfg)
+        write_json_atomic(results_path(cfg.run.workdir), results)
+    print(summary_table(results))
+    return results
