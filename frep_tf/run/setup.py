@@ -88,6 +88,8 @@ def build_robust_model(cfg: Config, info):
         objective=t.objective,
         epsilon=t.epsilon,
         step_size=cfg.step_size,
+        perturbation=t.perturbation,
+        nfgsm_noise=t.nfgsm_noise,
         sre_lambda=t.sre_lambda,
         pgd_steps=t.pgd_steps,
         pgd_step_size=t.pgd_step_size,
