@@ -69,17 +69,18 @@ def _state(robust) -> list[np.ndarray]:
     return [np.asarray(v) for v in parts]
 
 
-def test_backup_and_restore_resumes_to_the_uninterrupted_weights(tmp_path):
-    """Killed before the prune and again after it; each restart is a fresh model (a new process). The
-    natural objective draws no random numbers: BackupAndRestore saves weights, not SeedGenerator states, so
-    with an adversarial objective the perturbations after a restart are new draws (docs/library.md)."""
+@pytest.mark.parametrize("objective", ["natural", "sre"])
+def test_backup_and_restore_resumes_to_the_uninterrupted_weights(tmp_path, objective):
+    """Killed before the prune and again after it; each restart is a fresh model (a new process). With SRE
+    the restored run must also draw the same perturbations: RobustModel saves its perturbation stream's
+    state with its weights."""
     x, y = _digits()
     fit = dict(batch_size=32, epochs=4, shuffle=False, verbose=0)  # 8 steps per epoch; lr decays at step 10
-    reference = _robust()
+    reference = _robust(objective)
     reference.fit(x, y, callbacks=_callbacks(), **fit)
     backup = str(tmp_path / "backup")
     for epoch, batch in ((1, 2), (3, 4)):
-        robust = _robust()
+        robust = _robust(objective)
         with pytest.raises(RuntimeError, match="interrupted"):
             robust.fit(
                 x,
@@ -88,7 +89,7 @@ def test_backup_and_restore_resumes_to_the_uninterrupted_weights(tmp_path):
                 **fit,
             )
         assert bool(robust.pruned.numpy()) == (epoch > 2)
-    robust = _robust()
+    robust = _robust(objective)
     history = robust.fit(x, y, callbacks=[keras.callbacks.BackupAndRestore(backup), *_callbacks()], **fit)
     assert len(history.history["loss"]) == 1  # only the last epoch was left
     assert int(robust.optimizer.iterations.numpy()) == 32

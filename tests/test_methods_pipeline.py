@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from frep_tf.config import Config, ConfigError
-from frep_tf.methods import admm, stages
+from frep_tf.methods import admm, base, stages
 from frep_tf.validation import validate
 from tests.test_main import run_main  # noqa: F401 (also used by test_methods_lottery)
 
@@ -111,7 +111,9 @@ def test_stage_learning_rates_and_objectives():
 
 
 def test_a_stage_of_zero_epochs_is_left_out_and_locate_finds_the_stage_of_a_checkpoint():
-    plan = stages.plan(cfg_of(method="hydra", pretrain_epochs=0, score_epochs=3, finetune_epochs=2))
+    # No flag asks for a stage of 0 epochs any more (0 is refused), but the plan's rule still holds.
+    specs = [dict(name="pretrain", epochs=0), dict(name="score", epochs=3), dict(name="finetune", epochs=2)]
+    plan = base.sequence(cfg_of(method="hydra"), specs)
     assert [(s.name, s.start, s.epochs) for s in plan] == [("score", 0, 3), ("finetune", 3, 2)]
     assert [stages.locate(plan, e) for e in (0, 1, 3, 4, 5)] == [0, 0, 0, 1, 1]
 

@@ -311,6 +311,19 @@ class RobustModel(keras.Model):
         self.clean_acc.update_state(y, logits)
         return _per_worker_logs({"loss": self.loss_tracker.result(), "clean_acc": self.clean_acc.result()})
 
+    # -- saving ----------------------------------------------------------------------------------
+    # Keras weight files (BackupAndRestore, save_weights) hold variables, not SeedGenerator states: the
+    # perturbation stream's state goes with them, so a restored adversarial fit draws what the
+    # uninterrupted one would have. (Checkpoints of main.py hold model.variables, which include it.)
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store["perturbation_seed"] = self.seed_generator.state.numpy()
+
+    def load_own_variables(self, store):
+        super().load_own_variables({k: store[k] for k in store.keys() if k != "perturbation_seed"})
+        if "perturbation_seed" in store.keys():  # weight files written before it was saved have none
+            self.seed_generator.state.assign(store["perturbation_seed"])
+
     # -- ensemble -----------------------------------------------------------------------------------
     def ensemble_pairs(self):
         """(ensemble variable, source tensor function) for every weight of the network."""
