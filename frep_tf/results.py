@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from frep_tf.config import TABLE_I_COLUMNS, Config
+from frep_tf.workdir import VALIDATION_LOG_DIR
 
 # 2: evaluation_tflite per exported TFLite file; compact; int8_calibration (+ method). Keys added since
 # without a new version, because a reader of version 2 loses nothing by not knowing them (and a new
@@ -12,7 +13,7 @@ from frep_tf.config import TABLE_I_COLUMNS, Config
 # present only when the guard flagged an epoch).
 RESULTS_SCHEMA_VERSION = 2
 # Where the epoch monitor writes its per-epoch scalars (frep_tf.methods.stages.make_callbacks).
-MONITOR_LOG_DIR = os.path.join("tb", "frep")
+MONITOR_LOG_DIR = VALIDATION_LOG_DIR  # the epoch monitor's scalars, read back by the guard
 
 
 def train_results(

@@ -9,8 +9,9 @@ import os
 
 from frep_tf.config import Config
 from frep_tf.methods.base import Method, Stage
+from frep_tf.workdir import EXPORT_DIR, IWI_SOURCE_DIR
 
-SOURCE_DIR = "source"
+SOURCE_DIR = IWI_SOURCE_DIR
 
 
 class IWI(Method):
@@ -41,7 +42,7 @@ class IWI(Method):
 
 def source_path(cfg: Config) -> str:
     """The small network IWI inherits from: --iwi_from, or stage 1's export in <workdir>/source/."""
-    return cfg.method.iwi_from or os.path.join(cfg.run.workdir, SOURCE_DIR, "export", "model.keras")
+    return cfg.method.iwi_from or os.path.join(cfg.run.workdir, SOURCE_DIR, EXPORT_DIR, "model.keras")
 
 
 def source_config(cfg: Config) -> Config:

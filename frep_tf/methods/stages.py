@@ -35,6 +35,7 @@ import numpy as np
 from frep_tf.config import Config
 from frep_tf.methods import registry
 from frep_tf.methods.base import Method, Stage
+from frep_tf.workdir import CHECKPOINT_DIR, TENSORBOARD_DIR, VALIDATION_LOG_DIR
 
 __all__ = ["Stage", "plan", "method_of", "configure", "begin", "make_callbacks", "compile_stage", "describe"]
 
@@ -178,7 +179,7 @@ def clock_callback(clock: StageClock):
 
 def tb_dir(workdir: str, stage: Stage, stages: list[Stage]) -> str:
     """tb/ for a single-stage method (as before), tb/<stage>/ for each stage of a multi-stage one."""
-    base = os.path.join(workdir, "tb")
+    base = os.path.join(workdir, TENSORBOARD_DIR)
     return base if len(stages) == 1 else os.path.join(base, stage.name)
 
 
@@ -189,7 +190,7 @@ def make_callbacks(
     every other callback is done with it (and the stage clock's record with it)."""
     import keras
 
-    from frep_tf import kill_points, resume
+    from frep_tf import kill_points
     from frep_tf.api.callbacks import callbacks as frep_callbacks
     from frep_tf.data.splits import dataset_arrays
     from frep_tf.training.checkpoint import EpochCheckpoint
@@ -215,7 +216,7 @@ def make_callbacks(
         steps_per_epoch=steps_per_epoch,
         structured=p.structured,
         min_layer_density=p.min_layer_density,
-        log_dir=os.path.join(workdir, "tb", "frep"),
+        log_dir=os.path.join(workdir, VALIDATION_LOG_DIR),
         log_sparsity=False,  # EpochMonitor logs it, with the rest
     )
     callbacks = [StopOnNonFiniteLoss(), *shared]
@@ -230,7 +231,7 @@ def make_callbacks(
             y_val,
             epsilon=cfg.train.epsilon,
             pgd_steps=cfg.eval.val_pgd_steps,
-            log_dir=os.path.join(workdir, "tb", "frep"),
+            log_dir=os.path.join(workdir, VALIDATION_LOG_DIR),
             ensemble_callback=ensemble_cb,
             batch_size=cfg.data.eval_batch_size,
             seed=cfg.run.seed,
@@ -240,9 +241,7 @@ def make_callbacks(
         keras.callbacks.TensorBoard(log_dir=tb_dir(workdir, stage, stages), update_freq="epoch", write_graph=False)
     )
     callbacks.append(clock_callback(clock))
-    callbacks.append(
-        EpochCheckpoint(os.path.join(workdir, resume.CHECKPOINT_DIR), extra=lambda: {"stages": clock.snapshot()})
-    )
+    callbacks.append(EpochCheckpoint(os.path.join(workdir, CHECKPOINT_DIR), extra=lambda: {"stages": clock.snapshot()}))
     return callbacks
 
 
