@@ -1,7 +1,12 @@
 """Golden runs: two small deterministic runs through main.py whose exported weights and results are
 fingerprinted, so a restructuring of the code can be shown to change nothing (tests/test_golden.py).
 
-    python tests/golden/record.py          # re-record (only when numbers are meant to change; say why)
+    python tests/golden/record.py          # record on this machine (only when numbers are meant to change,
+                                           # or on a new kind of CPU; say why)
+
+The bits of a run depend on the CPU's instruction set (the width of vectorised reductions), so
+golden.json holds one recording per kind of machine (model name, numeric instruction-set features,
+TensorFlow and Python versions); the test compares with the recording of the machine it runs on.
 
 Each run writes every flag out (no flagfile, so a changed default cannot slip in unnoticed). The
 fingerprint of a run: sha256 of every exported weight array (model.keras, in layer order) and
@@ -122,30 +127,71 @@ def run(name: str, workdir: str) -> dict:
     return fingerprint(workdir)
 
 
+# CPU features that change which kernels TensorFlow / oneDNN run, and so the bits of a float reduction
+# (AVX-512 sums 16 floats at a time, AVX2 8): two machines that both print "AMD EPYC" may differ here.
+NUMERIC_ISA = ("avx", "amx", "fma", "f16c")  # prefixes: avx2, avx512f, avx512_vnni, avx_vnni, amx_tile, ...
+
+
 def machine() -> dict:
     import tensorflow as tf
 
-    flags = ""
+    name, features = "", set()
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    flags = line.split(":", 1)[1].strip()
-                    break
+                if line.startswith("model name") and not name:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not features:
+                    features = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"cpu": flags or platform.processor(), "tensorflow": tf.__version__, "python": platform.python_version()}
+    return {
+        "cpu": name or platform.processor(),
+        "isa": " ".join(sorted(f for f in features if f.startswith(NUMERIC_ISA))),
+        "tensorflow": tf.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def recording_for(golden: dict, here: dict) -> dict | None:
+    """The recording made on a machine like this one; else the one recorded before the instruction set
+    was noted (isa missing), which stands for any machine without a recording of its own."""
+    recordings = golden["recordings"]
+    same = [r for r in recordings if r["machine"] == here]
+    if same:
+        return same[0]
+    legacy = [r for r in recordings if "isa" not in r["machine"]]
+    unnoted = {k: v for k, v in here.items() if k != "isa"}
+    if (
+        legacy
+        and legacy[0]["machine"] == unnoted
+        and not any(r["machine"].get("isa") == here["isa"] for r in recordings)
+    ):
+        return legacy[0]
+    return None
 
 
 def main() -> None:
-    golden = {"machine": machine(), "runs": {}}
+    """Record on this machine: replaces this machine's recording, keeps the other machines' ones."""
+    here = machine()
+    recording = {"machine": here, "commit": _commit(), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in RUNS:
-            golden["runs"][name] = {"flags": RUNS[name], **run(name, os.path.join(tmp, name))}
+            recording["runs"][name] = {"flags": RUNS[name], **run(name, os.path.join(tmp, name))}
+    golden = {"recordings": []}
+    if os.path.exists(GOLDEN_FILE):
+        with open(GOLDEN_FILE) as fh:
+            golden = json.load(fh)
+    golden["recordings"] = [r for r in golden["recordings"] if r["machine"] != here] + [recording]
     with open(GOLDEN_FILE, "w") as fh:
         json.dump(golden, fh, indent=1, sort_keys=True)
         fh.write("\n")
-    print(f"wrote {GOLDEN_FILE}")
+    print(f"wrote {GOLDEN_FILE} ({len(golden['recordings'])} machine(s))")
+
+
+def _commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return proc.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":
