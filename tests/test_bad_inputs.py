@@ -89,6 +89,18 @@ CASES = [
     # -- flag values and combinations (before TensorFlow)
     ("sparsity_range", ["--sparsity=1.5"], None, "--sparsity=1.5: must lie in [0, 1)"),
     ("epochs_zero", ["--epochs=0"], None, "--epochs=0: must be a positive integer"),
+    (
+        "pretrain_epochs_zero",
+        ["--method=hydra", "--sparsity=0.9", "--pretrain_epochs=0"],
+        None,
+        "--pretrain_epochs=0: must be a positive integer",
+    ),
+    (
+        "nfgsm_multi_step",
+        ["--objective=pgd", "--perturbation=nfgsm"],
+        None,
+        "--perturbation=nfgsm: only for the single-step",
+    ),
     ("objective_choice", ["--objective=madry"], None, "--objective=madry: allowed values are sre, fgsm"),
     ("arch_choice", ["--arch=resnet9"], None, "--arch=resnet9: allowed values are vgg16"),
     ("float_syntax", ["--epsilon=abc"], None, "--epsilon=abc"),
