@@ -3,6 +3,7 @@ is changed):
 
     fig8_robust_vs_sparsity.png    robust accuracy vs target sparsity, one line per method (paper Fig. 8)
     fig7_weight_distribution.png   log10|w| of the exported kernels per method (paper Fig. 7)
+    fig_layer_density.png          the kept fraction of each layer per method, a panel per target sparsity
     fig5_ensemble_vs_network.png   validation robust accuracy per epoch, network vs temporal ensemble, and
                                    the ensemble divergence Delta (paper Fig. 5)
     fig_robust_vs_input_gradient.png   test robust accuracy vs the input-gradient L1, a point per cell
@@ -15,13 +16,22 @@ import textwrap
 
 import numpy as np
 
-from frep_tf.experiments.report.stats import Row, accuracy, epoch_marks, mean_std, measures, trained_sparsity
+from frep_tf.experiments.report.stats import (
+    Row,
+    accuracy,
+    epoch_marks,
+    kept_per_layer,
+    mean_std,
+    measures,
+    trained_sparsity,
+)
 from frep_tf.experiments.report.tables import row_label, sparsity_label
 from frep_tf.workdir import FIGURES_DIR
 
 FIGURES = {
     "fig8": "fig8_robust_vs_sparsity.png",
     "fig7": "fig7_weight_distribution.png",
+    "layers": "fig_layer_density.png",
     "fig5": "fig5_ensemble_vs_network.png",
     "lipschitz": "fig_robust_vs_input_gradient.png",
 }
@@ -35,7 +45,7 @@ ROBUST_FIG8 = (("pgd", "PGD"), ("autoattack", "AA"))
 
 def draw_figures(workdir: str, rows: list[Row], scalars: dict, dataset: str, problems: list[str]) -> dict[str, str]:
     """Every figure the finished cells allow, into <workdir>/figures/; a figure an earlier report drew but
-    this one cannot is deleted. Returns {fig8|fig7|fig5|lipschitz: path}; notes go to `problems`."""
+    this one cannot is deleted. Returns {fig8|fig7|layers|fig5|lipschitz: path}; notes go to `problems`."""
     figures_dir = os.path.join(workdir, FIGURES_DIR)
     os.makedirs(figures_dir, exist_ok=True)
     figures: dict[str, str] = {}
@@ -51,6 +61,20 @@ def draw_figures(workdir: str, rows: list[Row], scalars: dict, dataset: str, pro
             problems.append(
                 f"{missing} finished cell(s) have no weight_histogram in results.json (made before the field "
                 "existed): left out of Fig. 7"
+            )
+        path = os.path.join(figures_dir, FIGURES["layers"])
+        if figure_layer_density(rows, path, dataset):
+            figures["layers"] = path
+        _, left_out, missing = kept_per_layer(rows)
+        if missing:
+            problems.append(
+                f"{missing} finished sparse cell(s) have no pruning.layers in results.json (made before the "
+                "field existed): left out of the per-layer figure"
+            )
+        if left_out:
+            problems.append(
+                "the per-layer figure shows the target sparsities with the most rows; left out: "
+                + ", ".join(sparsity_label(p.sparsity, p.structured) for p in left_out)
             )
         path = os.path.join(figures_dir, FIGURES["fig5"])
         if figure_ensemble_vs_network(rows, scalars, path, dataset):
@@ -236,6 +260,109 @@ def figure_weight_distribution(rows: list[Row], path: str, dataset: str) -> tupl
     fig.suptitle(f"{dataset}: exported (fused) kernel weights (paper Fig. 7)")
     _save(fig, path)
     return True, missing
+
+
+def _count(n: float) -> str:
+    """A kept count for a bar label: 888, 2,062, 23.7k, 1.2M."""
+    if n >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    if n >= 1e4:
+        return f"{n / 1e3:.3g}k"
+    return f"{n:,.0f}"
+
+
+def figure_layer_density(rows: list[Row], path: str, dataset: str) -> bool:
+    """The kept fraction of each layer (log scale) that each method chose, a panel per target sparsity:
+    grouped bars, layers in network order, mean over seeds with the seeds' range as error bars, labelled
+    with the kept count when there are few bars; the global kept fraction (1 - sparsity) dashed."""
+    panels, _, _ = kept_per_layer(rows)
+    if not panels:
+        return False
+    colors = _colors(rows)
+    hatches = ("", "//", "..", "xx", "\\\\", "oo")
+    bars = max(len(p.layers) * len(p.series) for p in panels)
+    labelled = bars <= 24
+    # Side by side while they fit in 16 inches; one above the other when panels have many bars.
+    width = max(4.2, 0.8 + max(len(p.layers) * (0.32 * len(p.series) + 0.3) for p in panels))
+    stacked = width * len(panels) > 16.0
+    ncols = 1 if stacked else len(panels)
+    nrows = len(panels) if stacked else 1
+    fig = _new_figure(min(width * ncols, 16.0), 4.0 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    kept_fractions = [k.fraction_min for p in panels for _, kept in p.series for k in kept.values()]
+    lowest = min([f for f in kept_fractions if f > 0] + [1 - p.sparsity for p in panels if p.sparsity < 1] + [1.0])
+    bottom = 10 ** (np.floor(np.log10(lowest)) - (0.3 if labelled else 0.0))
+    top = 5.0 if labelled else 1.6  # head room for the counts above the dense layers' bars
+    for ax, panel in zip(axes, panels, strict=True):
+        x = np.arange(len(panel.layers))
+        step = 0.8 / len(panel.series)
+        seen: dict[str, int] = {}
+        for i, (row, kept) in enumerate(panel.series):
+            k = seen[row.method] = seen.get(row.method, -1) + 1
+            n = max(v.n for v in kept.values())
+            where = [j for j, name in enumerate(panel.layers) if name in kept]
+            stats = [kept[panel.layers[j]] for j in where]
+            xs = x[where] + (i - (len(panel.series) - 1) / 2) * step
+            means = np.asarray([s.fraction for s in stats])
+            ax.bar(
+                xs,
+                np.maximum(means, bottom),  # a layer cut off entirely still shows (its count says 0)
+                width=step * 0.92,
+                bottom=0,
+                color=colors[row.method],
+                hatch=hatches[k % len(hatches)],
+                edgecolor="white" if k == 0 else "black",
+                linewidth=0.5,
+                label=_series_label(row),  # the tables give each row's n
+            )
+            if n > 1:
+                ax.errorbar(
+                    xs, means,
+                    yerr=[means - [s.fraction_min for s in stats], [s.fraction_max for s in stats] - means],
+                    fmt="none", ecolor="black", elinewidth=1, capsize=3,
+                )  # fmt: skip
+            if labelled:  # on a white ground, so the dashed line through a label does not hide it
+                for xi, s in zip(xs, stats, strict=True):
+                    ax.annotate(
+                        _count(s.kept), (xi, max(s.fraction_max, bottom)), xytext=(0, 3),
+                        textcoords="offset points", ha="center", va="bottom", rotation=90, fontsize="x-small",
+                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.5}, zorder=4,
+                    )  # fmt: skip
+        target = 1 - panel.sparsity
+        ax.axhline(target, color="black", linestyle="--", linewidth=1.2, label="global kept fraction (1 − sparsity)")
+        ax.set_yscale("log")
+        ax.set_ylim(bottom, top)
+        ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:g} %" if v <= 1 else "")
+        totals = {name: sorted({kept[name].total for _, kept in panel.series if name in kept}) for name in panel.layers}
+        names = [
+            f"{name}\n{'/'.join(_count(t) for t in totals[name])} weights" if len(panel.layers) <= 8 else name
+            for name in panel.layers
+        ]
+        ax.set_xticks(x)
+        if len(panel.layers) <= 6:
+            ax.set_xticklabels(names)
+        else:  # many layers: slanted names, each ending under its group of bars
+            ax.set_xticklabels(names, rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_xlim(-0.6, len(panel.layers) - 0.4)
+        _set_wrapped_title(ax, f"target sparsity {sparsity_label(panel.sparsity, panel.structured)}")
+        ax.set_ylabel("kept fraction of the layer (log)")
+        ax.grid(axis="y", alpha=0.3)
+    handles = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(
+        list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 3), fontsize="small"
+    )
+    seeds = any(k.n > 1 for p in panels for _, kept in p.series for k in kept.values())
+    title = (
+        f"{dataset}: kept fraction per layer"
+        + (" (mean over seeds; error bars: their range)" if seeds else "")
+        + (", count kept above each bar" if labelled else "")
+    )
+    fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 11), break_long_words=False))
+    _save(fig, path)
+    return True
 
 
 def _mean_curve(curves: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray]:

@@ -7,13 +7,15 @@ import os
 
 from frep_tf.experiments.report.cells import Cell
 from frep_tf.experiments.report.figures import FIGURES
-from frep_tf.experiments.report.stats import Row, common_settings
+from frep_tf.experiments.report.stats import Row, common_settings, kept_per_layer
 from frep_tf.experiments.report.tables import (
     cost_table,
     has_settings_column,
+    layer_table,
     measures_table,
     per_cell_table,
     robust_table,
+    sparsity_label,
     table_notes,
 )
 from frep_tf.workdir import CELLS_DIR, EXPERIMENT_FILE
@@ -23,6 +25,9 @@ FIGURE_CAPTIONS = {
     "at 0 % (the network it trains is dense; its --sparsity is the source network's).",
     "fig7": "Distribution of the exported (fused) kernel weights, log10 |w| of the non-zero ones; "
     "exact zeros are counted in the legend (paper Fig. 7).",
+    "layers": "The fraction of each prunable layer's weights that each method kept (log scale; layers in "
+    "network order) at each target sparsity, mean over seeds (error bars: the seeds' range, where a row has "
+    "more than one), against the global kept fraction 1 - sparsity (dashed).",
     "fig5": "Validation PGD accuracy per epoch of the network and of its temporal ensemble, and the "
     "ensemble divergence Delta (paper Eq. 14), mean over seeds (paper Fig. 5).",
     "lipschitz": "Test robust accuracy against the mean L1 norm of the input gradient of the margin, "
@@ -37,7 +42,7 @@ def markdown(workdir, experiment, cells, axes, rows, summaries, columns, figures
     out += ["## Robust accuracy (paper Tables I / IV)", ""]
     out += _robust_section(rows, summaries, columns, finished) if rows else ["No cell has finished yet.", ""]
     out += measures_table(rows)
-    out += _figures_section(workdir, figures)
+    out += _figures_section(workdir, figures, rows)
     if rows:
         out += _cost_section(rows, summaries, finished)
     out += _status_sections(cells, problems)
@@ -94,14 +99,31 @@ def _robust_section(rows: list[Row], summaries: list[dict], columns, finished: l
     return out
 
 
-def _figures_section(workdir: str, figures: dict[str, str]) -> list[str]:
+def _figures_section(workdir: str, figures: dict[str, str], rows: list[Row]) -> list[str]:
     if not figures:
         return []
     out = ["## Figures", ""]
-    for key in ("fig8", "fig7", "fig5", "lipschitz"):
+    for key in ("fig8", "fig7", "layers", "fig5", "lipschitz"):
         if key in figures:
             rel = os.path.relpath(figures[key], workdir)
             out += [f"![{FIGURES[key]}]({rel})", "", FIGURE_CAPTIONS[key], ""]
+        if key == "layers" and key in figures:
+            out += _kept_per_layer(rows)
+    return out
+
+
+def _kept_per_layer(rows: list[Row]) -> list[str]:
+    """The numbers behind the per-layer figure: a table per target sparsity it shows."""
+    out = []
+    for panel in kept_per_layer(rows)[0]:
+        out += [f"Kept per layer, target sparsity {sparsity_label(panel.sparsity, panel.structured)}:", ""]
+        out += layer_table(panel)
+        out.append("")
+    out += [
+        "Weights: the layer's kernel weights (pruning.layers in results.json); per row the kept count, mean ± std "
+        "over seeds (n where more than one), and the mean kept fraction; *all*: the layers added up.",
+        "",
+    ]
     return out
 
 

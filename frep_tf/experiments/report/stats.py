@@ -1,5 +1,6 @@
 """Table rows and their statistics: finished cells grouped by every axis but the seed, each row's
-mean +- std over seeds, the methods' names and order, and the sparsity measures of a cell."""
+mean +- std over seeds, the methods' names and order, the sparsity measures of a cell, and what each
+row's pruning kept of every layer."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ METHOD_ORDER = (
 # Axes folded into the "Method" and "Sparsity" columns; seed is the replicate axis.
 ROW_BUILTIN = ("method", "parameterization", "sparsity", "structured")
 REPLICATE_AXIS = "seed"
+# Target sparsities the per-layer figure and its tables show at most.
+LAYER_PANELS = 3
 
 
 @dataclasses.dataclass
@@ -234,3 +237,64 @@ def measures(cell: Cell) -> dict:
         "robust": robust if robust is not None else accuracy(r, "pgd"),
         "robust_attack": "AA" if robust is not None else "PGD",
     }
+
+
+@dataclasses.dataclass
+class LayerKept:
+    """What a row's pruning kept of one layer, over the seeds that recorded it (results.json
+    `pruning.layers[name]`): the kept fraction's mean and range, the kept count's mean and std."""
+
+    fraction: float
+    fraction_min: float
+    fraction_max: float
+    kept: float
+    kept_std: float | None
+    total: int
+    n: int
+
+
+@dataclasses.dataclass
+class LayerPanel:
+    """The rows pruned to one target sparsity, with what each kept of every layer; layers in network order."""
+
+    sparsity: float
+    structured: bool
+    layers: list[str]
+    series: list[tuple[Row, dict[str, LayerKept]]]
+
+
+def kept_per_layer(rows: list[Row]) -> tuple[list[LayerPanel], list[LayerPanel], int]:
+    """(panels shown, panels left out, sparse cells without `pruning.layers`): the sparse rows (an IWI row
+    trains a dense network) grouped by target sparsity; beyond LAYER_PANELS, the sparsities with the most
+    rows are shown (the higher one on a tie)."""
+    panels: dict[tuple, LayerPanel] = {}
+    missing = 0
+    for row in rows:
+        if not trained_sparsity(row):
+            continue
+        recorded = []
+        for cell in row.cells:
+            layers = ((cell.results or {}).get("pruning") or {}).get("layers")
+            if layers:
+                recorded.append(layers)
+            else:
+                missing += 1
+        if not recorded:
+            continue
+        names = list(dict.fromkeys(name for layers in recorded for name in layers))
+        kept = {}
+        for name in names:
+            entries = [layers[name] for layers in recorded if name in layers]
+            fractions = [float(e["fraction"]) for e in entries]
+            count = mean_std(e["kept"] for e in entries)
+            kept[name] = LayerKept(
+                float(np.mean(fractions)), min(fractions), max(fractions), count[0], count[1],
+                int(entries[0]["total"]), len(entries),
+            )  # fmt: skip
+        key = (row.structured, sort_key(row.sparsity))
+        panel = panels.setdefault(key, LayerPanel(row.sparsity, row.structured, [], []))
+        panel.layers += [name for name in names if name not in panel.layers]
+        panel.series.append((row, kept))
+    ranked = sorted(panels, key=lambda k: (len(panels[k].series), k[1]), reverse=True)
+    shown = sorted(ranked[:LAYER_PANELS])
+    return [panels[k] for k in shown], [panels[k] for k in sorted(ranked[LAYER_PANELS:])], missing

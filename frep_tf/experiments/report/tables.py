@@ -1,12 +1,12 @@
-"""The report's Markdown tables: robust accuracy (paper Tables I / IV), sparsity measures, cost (paper
-Table V) and per-cell timings, with the number formatting they share."""
+"""The report's Markdown tables: robust accuracy (paper Tables I / IV), sparsity measures, what each row
+kept per layer, cost (paper Table V) and per-cell timings, with the number formatting they share."""
 
 from __future__ import annotations
 
 import os
 
 from frep_tf.experiments.report.cells import Cell, sort_key
-from frep_tf.experiments.report.stats import REPLICATE_AXIS, Row, mean_std, measures, train_seconds
+from frep_tf.experiments.report.stats import REPLICATE_AXIS, LayerPanel, Row, mean_std, measures, train_seconds
 
 
 def pm(mean: float, std: float | None, scale: float = 1.0, digits: int = 1) -> str:
@@ -159,6 +159,48 @@ def measures_table(rows: list[Row]) -> list[str]:
         "cell ran it, else PGD. Mean ± std over seeds.",
         "",
     ]
+
+
+def series_label(row: Row) -> str:
+    """A row's label among rows of its sparsity: the method and the settings that set it apart."""
+    return ", ".join(
+        [row.method + (" (structured)" if row.structured else ""), *[f"{k}={v}" for k, v in row.shown.items()]]
+    )
+
+
+def percent(fraction: float) -> str:
+    """A kept fraction as a percentage, three significant digits (0.514 %, 37.6 %, 100 %)."""
+    return f"{100 * fraction:.3g} %"
+
+
+def layer_table(panel: LayerPanel) -> list[str]:
+    """Markdown lines: per layer (network order), its weights and, per row, the kept count (mean ± std over
+    seeds) and kept fraction (mean); the last line adds the layers up."""
+    body = []
+    for name in panel.layers:
+        totals = sorted({kept[name].total for _, kept in panel.series if name in kept})
+        line = [f"`{name}`", " / ".join(f"{t:,}" for t in totals)]
+        for _, kept in panel.series:
+            k = kept.get(name)
+            std = f" ± {k.kept_std:,.0f}" if k and k.kept_std is not None else ""
+            line.append(f"{k.kept:,.0f}{std} ({percent(k.fraction)})" if k else "-")
+        body.append(line)
+    totals = [sum(kept[name].total for name in panel.layers if name in kept) for _, kept in panel.series]
+    line = ["all", " / ".join(f"{t:,}" for t in sorted(set(totals)))]
+    for total, (_, kept) in zip(totals, panel.series, strict=True):
+        count = sum(kept[name].kept for name in panel.layers if name in kept)
+        line.append(f"{count:,.0f} ({percent(count / total)})")
+    body.append(line)
+    header = [
+        "Layer",
+        "Weights",
+        *[series_label(row) + (f" (n={_n(kept)})" if _n(kept) > 1 else "") for row, kept in panel.series],
+    ]
+    return md_table(header, body, ["l", "r", *["r"] * len(panel.series)])
+
+
+def _n(kept: dict) -> int:
+    return max(k.n for k in kept.values())
 
 
 def cost_table(rows: list[Row], summaries: list[dict]) -> list[str]:
