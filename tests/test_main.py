@@ -124,8 +124,9 @@ def test_report_of_a_real_run(quickstart_run, tmp_path):
     (tmp_path / "cells" / "quickstart").symlink_to(workdir, target_is_directory=True)
     summary = report.write_report(str(tmp_path))
     assert summary["cells"] == {"total": 1, "finished": 1, "failed": 0, "pending": 0}
-    # A real run records the sparsity measures and the input-gradient L1: the fourth figure is drawn too.
-    assert set(summary["figures"]) == {"fig8", "fig7", "fig5", "lipschitz"}, summary["problems"]
+    # A real run records the sparsity measures, the input-gradient L1 and the kept fraction of each layer:
+    # the fourth and fifth figures are drawn too.
+    assert set(summary["figures"]) == {"fig8", "fig7", "fig5", "lipschitz", "layers"}, summary["problems"]
     assert "## Sparsity measures and robustness" in (tmp_path / "report.md").read_text()
     results = json.loads((workdir / "results.json").read_text())
     (row,) = summary["rows"]
