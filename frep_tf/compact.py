@@ -5,8 +5,8 @@ kernel column and bias on it are zero, and so are the scale and offset of every 
 (then every tensor of the group is zero on that channel: BatchNorm gives 0 * (x - mean) / std + 0,
 ReLU, pooling and Add keep zeros). `compact(model)` rebuilds the model from standard Keras layers
 without those channels: each producer loses the output channels, each BatchNorm its entries, and each
-consumer (the next convs, the dense layer after global pooling) the matching input channels. It
-computes the same function; tests check the outputs to 1e-5.
+consumer (the next convs, the dense layer after global pooling or a Flatten, a conv after a
+Concatenate) the matching input channels. It computes the same function; tests check the outputs to 1e-5.
 """
 
 from __future__ import annotations
@@ -74,6 +74,25 @@ def macs(model) -> int:
     return total
 
 
+def unfollowed_layer(model, graph=None) -> str | None:
+    """What keeps `compact` from slicing a standard-layer `model`'s kernels ("layer 'name': why"), or None:
+    a Conv2D / Dense whose channels the analysis could not follow (one called twice), or a reader of a
+    Concatenate / Flatten whose input features are not its inputs' channel groups side by side."""
+    graph = graph or channel_graph(model)
+    for layer in model.layers:
+        reads = layer.name in graph.input_group or layer.name in graph.composite_inputs
+        if is_producer(layer) and not (layer.name in graph.output_group and reads):
+            return f"layer {layer.name!r}: {graph.unfollowed.get(layer.name, 'it is not in the channel graph')}"
+    for name, segments in graph.composite_inputs.items():
+        features = model.get_layer(name).kernel.shape[-2]
+        if sum(n for _, n in segments) != features:
+            return (
+                f"layer {name!r}: it reads {features} input features, the channel groups of its inputs have "
+                f"{sum(n for _, n in segments)}"
+            )
+    return None
+
+
 def compact(model) -> tuple[keras.Model, CompactReport]:
     """A standard-layer model without the removable channels of `model` (a fused, standard-layer model)."""
     sliceable = (keras.layers.Conv2D, keras.layers.Dense, keras.layers.BatchNormalization, keras.layers.Normalization)
@@ -86,9 +105,18 @@ def compact(model) -> tuple[keras.Model, CompactReport]:
                 "BatchNormalization layer; compact a fused model (frep_tf.fuse)"
             )
     graph = channel_graph(model)
+    problem = unfollowed_layer(model, graph)
+    if problem:
+        raise ValueError(f"compact: cannot follow {problem}; export the other formats")
     keep = removable_channels(model, graph)
     out_index = {name: np.flatnonzero(keep[g]) for name, g in graph.output_group.items()}
     in_index = {name: np.flatnonzero(keep[g]) for name, g in graph.input_group.items()}
+    # A consumer of a Concatenate or a Flatten reads its input features as segments, one channel group
+    # each, in the order of its input axis (frep_tf.structure; a Flatten of P positions of C channels
+    # lists the C channels' segments once per position: feature p * C + c), so the inputs it keeps are
+    # the segments' kept channels, concatenated.
+    for name, segments in graph.composite_inputs.items():
+        in_index[name] = np.flatnonzero(np.concatenate([keep[g] for g, _ in segments]))
 
     def clone(layer):
         config = layer.get_config()
@@ -111,9 +139,11 @@ def compact(model) -> tuple[keras.Model, CompactReport]:
             if layer.bias is not None:
                 weights.append(np.asarray(layer.bias)[out_index[layer.name]])
             dst.set_weights(weights)
-        elif isinstance(layer, keras.layers.BatchNormalization):
+        elif isinstance(layer, keras.layers.BatchNormalization) and layer.name in in_index:
             dst.set_weights([np.asarray(w)[in_index[layer.name]] for w in layer.get_weights()])
         else:
+            # Also a BatchNorm the channel analysis did not follow (after a concatenation, or called twice):
+            # it froze the BatchNorm's inputs, so all of its channels are kept.
             dst.set_weights(layer.get_weights())
     prunable = [g for g in graph.groups if not g.frozen and g.producers]
     report = CompactReport(

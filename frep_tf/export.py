@@ -172,10 +172,11 @@ def _default_check_inputs(model, count: int = 16) -> np.ndarray:
 
 
 def _check_compactable(model) -> None:
-    """`compact` slices the kernels of Conv2D / Dense and the BatchNorms between them: say which layer stops it."""
+    """`compact` slices the kernels of Conv2D / Dense and the BatchNorms between them, and follows channels
+    through Concatenate and Flatten (frep_tf.compact): say which layer stops it."""
     import keras
 
-    from frep_tf.structure import channel_graph
+    from frep_tf.compact import unfollowed_layer
 
     sliceable = (keras.layers.Conv2D, keras.layers.Dense, keras.layers.BatchNormalization, keras.layers.Normalization)
     for layer in model.layers:
@@ -184,12 +185,9 @@ def _check_compactable(model) -> None:
                 f"export: format 'compact' cannot remove channels around layer {layer.name!r} "
                 f"({type(layer).__name__}); export the other formats"
             )
-    reader = next(iter(channel_graph(model).composite_inputs), None)
-    if reader is not None:
-        raise ValueError(
-            f"export: format 'compact' cannot slice the inputs of layer {reader!r}, which reads a Concatenate or "
-            "Flatten of several channel groups; export the other formats"
-        )
+    problem = unfollowed_layer(model)
+    if problem:
+        raise ValueError(f"export: format 'compact' cannot follow {problem}; export the other formats")
 
 
 def _write(model, export_dir, formats, x, reference, calibration, atol, int8_min_agreement) -> list[ExportRecord]:

@@ -201,3 +201,89 @@ def test_group_ranking_uses_the_mean_member_norm_and_counts_every_member_in_the_
     keep = group_channel_keep(kernels, graph, sparsity=0.99)
     np.testing.assert_array_equal(keep[graph.output_group["a"]], [False, True, False, False])
     np.testing.assert_array_equal(keep[graph.output_group["c"]], [True, False, False, False])
+
+
+def _concatenated():
+    """A Concatenate of two pruned branches and the (frozen) image, read by a conv; a Flatten of a
+    Concatenate, read by the classifier: each feature of `head` is (position, segment, channel)."""
+    L = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    a = L.BatchNormalization(name="bn_a")(L.Conv2D(8, 3, padding="same", activation="relu", name="a")(inputs))
+    b = L.Conv2D(6, 1, name="b")(inputs)
+    m = L.Conv2D(10, 3, strides=2, padding="same", activation="relu", name="mix")(
+        L.Concatenate(name="cat")([a, b, inputs])
+    )
+    n = L.Conv2D(6, 1, activation="relu", name="side")(m)
+    flat = L.Flatten(name="flat")(L.Concatenate(name="cat2")([m, n]))
+    return keras.Model(inputs, L.Dense(5, name="head")(flat), name="concatenated")
+
+
+def _flattened():
+    L = keras.layers
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            L.Conv2D(8, 3, padding="same", activation="relu", name="conv1"),
+            L.BatchNormalization(name="bn1"),
+            L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv2"),
+            L.Flatten(name="flat"),
+            L.Dense(12, activation="relu", name="hidden"),
+            L.Dense(5, name="head"),
+        ],
+        name="flattened",
+    )
+
+
+def _normalised_concatenation():
+    """A BatchNorm after a Concatenate: the analysis does not follow it, so a and b keep every channel."""
+    L = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    cat = L.Concatenate(name="cat")([L.Conv2D(4, 1, name="a")(inputs), L.Conv2D(3, 1, name="b")(inputs)])
+    c = L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="c")(L.BatchNormalization(name="bn")(cat))
+    return keras.Model(inputs, L.Dense(5, name="head")(L.Flatten(name="flat")(c)), name="normalised_concatenation")
+
+
+def _prune_channels(model, sparsity, rng):
+    """Random weights, structured-pruned as training leaves them: the removed channels' kernel columns,
+    biases and BatchNorm scales and offsets are zero. Returns the graph and each group's kept channels."""
+    _randomize_batchnorm(model, rng)
+    graph = channel_graph(model)
+    producers = [layer for layer in model.layers if layer.name in graph.output_group]
+    for layer in producers:
+        fan_in = int(np.prod(layer.kernel.shape[:-1]))
+        layer.kernel.assign(rng.normal(0, 1.5 / np.sqrt(fan_in), layer.kernel.shape))
+        layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape))
+    keep = group_channel_keep({layer.name: np.asarray(layer.kernel) for layer in producers}, graph, sparsity)
+    for layer in producers:
+        layer.kernel.assign(np.asarray(layer.kernel) * keep[graph.output_group[layer.name]])
+    zero_removed_channels(model, graph)
+    return graph, keep
+
+
+@pytest.mark.parametrize("build", [_concatenated, _flattened, _normalised_concatenation])
+def test_compact_slices_the_readers_of_concatenate_and_flatten(build):
+    rng = np.random.default_rng(4)
+    model = build()
+    graph, keep = _prune_channels(model, 0.5, rng)
+    kept = {name: int(keep[g].sum()) for name, g in graph.output_group.items()}
+    small, report = compact(model)
+    # Every reader of a Concatenate or Flatten keeps the kept channels of each segment, in order.
+    expected_inputs = {
+        "concatenated": lambda: {"mix": kept["a"] + kept["b"] + 3, "head": 16 * (kept["mix"] + kept["side"])},
+        "flattened": lambda: {"hidden": 16 * kept["conv2"]},
+        "normalised_concatenation": lambda: {"c": 7, "head": 16 * kept["c"]},
+    }[model.name]()
+    # (c reads the BatchNorm, which keeps a and b whole: one segment, nothing removed.)
+    assert set(graph.composite_inputs) == set(expected_inputs) - {"c"}
+    for name, features in expected_inputs.items():
+        assert small.get_layer(name).kernel.shape[-2] == features, name
+        assert features < model.get_layer(name).kernel.shape[-2] or name == "c", name
+    for name, n in kept.items():
+        assert small.get_layer(name).kernel.shape[-1] == n, name
+    assert report.params_after < report.params_before
+    x = rng.random((8, 8, 8, 3)).astype("float32")
+    reference = np.asarray(model(x, training=False))
+    assert np.ptp(reference, axis=0).max() > 0.1 * np.abs(reference).max()  # the outputs depend on the inputs
+    np.testing.assert_allclose(
+        np.asarray(small(x, training=False)), reference, atol=1e-5 * np.abs(reference).max(), rtol=1e-5
+    )

@@ -2,6 +2,8 @@
 concatenations, flattening and depthwise convolutions, names the layer it cannot follow, and unstructured
 pruning works regardless."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -122,9 +124,71 @@ def test_compact_export_names_the_layer_it_cannot_slice(tmp_path):
     ):
         frep_tf.export(net, str(tmp_path), formats=("compact",))
     inputs = keras.Input((4, 4, 2))
-    flat = L.Flatten(name="flat")(L.Conv2D(3, 1, name="conv")(inputs))
+    shared = L.Conv2D(2, 1, name="shared")
+    flat = L.Flatten(name="flat")(shared(shared(inputs)))
     net = frep_tf.reparameterize(keras.Model(inputs, L.Dense(2, name="head")(flat)), verbose=False)
-    with pytest.raises(
-        ValueError, match="cannot slice the inputs of layer 'head', which reads a Concatenate or Flatten"
-    ):
+    with pytest.raises(ValueError) as info:
         frep_tf.export(net, str(tmp_path), formats=("compact",))
+    message = str(info.value)
+    assert message.startswith("export: format 'compact' cannot follow layer 'shared': called 2 times;"), message
+    assert "\n" not in message and not os.listdir(tmp_path)
+
+
+def concatenated():
+    """Two branches concatenated on the channel axis, read by a conv; Flatten; the classifier."""
+    inputs = keras.Input((8, 8, 3))
+    a = L.BatchNormalization(name="bn_a")(L.Conv2D(8, 3, padding="same", activation="relu", name="a")(inputs))
+    b = L.Conv2D(6, 1, name="b")(inputs)
+    mix = L.Conv2D(12, 3, strides=2, padding="same", activation="relu", name="mix")(L.Concatenate(name="cat")([a, b]))
+    return keras.Model(inputs, L.Dense(5, name="head")(L.Flatten(name="flat")(mix)), name="concatenated")
+
+
+def flattened():
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            L.Conv2D(8, 3, padding="same", activation="relu", name="conv1"),
+            L.BatchNormalization(name="bn1"),
+            L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv2"),
+            L.Flatten(name="flat"),
+            L.Dense(5, name="head"),
+        ],
+        name="flattened",
+    )
+
+
+@pytest.mark.parametrize("build", [concatenated, flattened])
+def test_compact_export_slices_the_readers_of_concatenate_and_flatten(tmp_path, build):
+    keras.utils.set_random_seed(0)
+    robust = _train(build(), sparsity=0.6, structured=True)
+    records = frep_tf.export(robust, str(tmp_path), formats=("keras", "compact"), int8_min_agreement=0.0)
+    assert [r.format for r in records] == [
+        "keras",
+        "compact_keras",
+        "compact_saved_model",
+        "compact_tflite",
+        "compact_tflite_int8",
+    ]
+    fused = keras.models.load_model(tmp_path / "model.keras")
+    small = keras.models.load_model(tmp_path / "model_compact.keras")
+    alive = {layer.name: _alive(layer) for layer in reparam_layers(robust.network)}
+    kept = {name: int(a.sum()) for name, a in alive.items()}
+    assert all(kept[name] < a.size for name, a in alive.items() if name != "head"), kept  # something to slice
+    # Every kernel loses the removed channels on both sides: after the Concatenate, mix reads the kept
+    # channels of a, then of b; after the Flatten, head reads the kept channels at each of 4 x 4 positions.
+    readers = {
+        "concatenated": {"mix": ("a", "b"), "head": ("mix",)},
+        "flattened": {"conv2": ("conv1",), "head": ("conv2",)},
+    }
+    for name, sources in readers[build.__name__].items():
+        positions = 16 if name == "head" else 1
+        inputs = small.get_layer(name).kernel.shape[-2]
+        assert inputs == positions * sum(kept[s] for s in sources) < fused.get_layer(name).kernel.shape[-2], name
+    for layer in small.layers:
+        if isinstance(layer, (L.Conv2D, L.Dense)):
+            assert layer.kernel.shape[-1] == kept[layer.name], layer.name
+    reference = np.asarray(fused(X, training=False))
+    assert np.ptp(reference, axis=0).max() > 0.1 * np.abs(reference).max()  # the outputs depend on the inputs
+    np.testing.assert_allclose(
+        np.asarray(small(X, training=False)), reference, atol=1e-5 * np.abs(reference).max(), rtol=1e-5
+    )
