@@ -74,7 +74,8 @@ def _randomize(model, seed=0):
             )
         elif layer.weights:
             kernel, *bias = layer.get_weights()
-            fan_in = int(np.prod(kernel.shape[:-1]))
+            # A depthwise kernel (kh, kw, channels, 1) sums kh * kw inputs per output.
+            fan_in = int(np.prod(kernel.shape[:2] if isinstance(layer, L.DepthwiseConv2D) else kernel.shape[:-1]))
             layer.set_weights(
                 [rng.normal(0, 1.5 / np.sqrt(fan_in), kernel.shape), *(rng.normal(0, 0.1, b.shape) for b in bias)]
             )
@@ -142,6 +143,45 @@ def test_fuse_gives_back_the_users_own_layers_with_the_masked_kernels(kind):
 
 def _flat_layers(model):
     return [x for layer in model.layers for x in (_flat_layers(layer) if isinstance(layer, keras.Model) else [layer])]
+
+
+def _exact_square_roots(model):
+    """Every Conv2D/Dense kernel entry rounded to sign * q**2, q of 8 significant bits: q**2 and its square
+    root are exact in float32, so the factors sign(W) sqrt|W| and sqrt|W| multiply back to W bit for bit.
+    (Otherwise the rounding of that product, amplified by MobileNetV2's 52 random layers, moves the logits
+    by 1-3e-5 of their scale, the same in the original model with its kernels so rounded: measured.)"""
+    for layer in model.layers:
+        if type(layer) in (L.Conv2D, L.Dense):
+            kernel = layer.kernel.numpy()
+            mantissa, exponent = np.frexp(np.sqrt(np.abs(kernel)))
+            root = np.ldexp(np.round(mantissa * 256) / 256, exponent)
+            layer.kernel.assign(np.sign(kernel) * np.square(root))
+            np.testing.assert_array_equal(np.sqrt(np.abs(layer.kernel.numpy())), root)
+
+
+def test_mobilenetv2_comes_back_from_reparameterize_and_fuse():
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=10, classifier_activation=None
+    )
+    _randomize(model)  # BatchNorm statistics too; depthwise kernels scaled by their own fan-in
+    _exact_square_roots(model)
+    x = np.random.default_rng(1).random((4, 32, 32, 3)).astype("float32")
+    reference = np.asarray(model(x, training=False))
+    scale = np.abs(reference).max()
+    assert np.ptp(reference, axis=0).max() > 0.1 * scale  # the outputs depend on the inputs
+    clone = frep_tf.reparameterize(model, verbose=False)
+    assert len(reparam_layers(clone)) == 36  # 35 Conv2D and the classifier; 17 DepthwiseConv2D are kept
+    fused = frep_tf.fuse(clone)
+    for got in (clone(x, training=False), fused(x, training=False)):
+        np.testing.assert_allclose(np.asarray(got), reference, atol=1e-5 * scale, rtol=1e-5)
+    originals = {layer.name: layer for layer in model.layers}
+    assert len(fused.layers) == len(model.layers)
+    for layer in fused.layers[1:]:
+        original = originals[layer.name]
+        assert type(layer) is type(original) and layer.get_config() == original.get_config(), layer.name
+        for got, want in zip(layer.weights, original.weights, strict=True):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
 def test_layers_that_are_not_factored_are_listed_in_one_line(capsys):
