@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 from sklearn.datasets import load_digits
 
 import frep_tf
@@ -116,6 +117,13 @@ def test_user_fit_prunes_ensembles_logs_to_tensorboard_and_exports(tmp_path):
         callbacks=[*shared, keras.callbacks.TensorBoard(log_dir)],
     )
     assert history.history["sparsity"] == [0.0, 0.0, pytest.approx(0.8, abs=0.01)]
+    # Exactly the budget of the global prune (frep_tf.training.pruning): k = round((1 - sparsity) * n)
+    # weights kept of the n in the factored kernels, in the network's masks and the ensemble's kernels.
+    n = sum(int(np.prod(layer.mask.shape)) for layer in robust.reparam)
+    pruned = n - int(round((1 - 0.8) * n))
+    assert (n, pruned) == (3784, 3027) and history.history["sparsity"][-1] == pruned / n
+    assert sum(int(np.sum(layer.mask.numpy() == 0)) for layer in robust.reparam) == pruned
+    assert sum(int(np.sum(robust.ensemble.get_layer(la.name).kernel.numpy() == 0)) for la in robust.reparam) == pruned
     # The learning rate drops after step 7 (boundary + 1): the ensemble interval grows x10 there.
     assert shared[0].decay_steps == (8,)
     assert history.history["ensemble_updates"] == [2.0, 2.0, 2.0]  # steps 3 and 6, then 30 is the next
@@ -138,6 +146,17 @@ def test_user_fit_prunes_ensembles_logs_to_tensorboard_and_exports(tmp_path):
     ]
     np.testing.assert_allclose(exported(x[:8]), robust.ensemble(x[:8]), atol=1e-5)
     assert exported.get_layer("conv1").get_config()["activation"] == "relu"
+    assert sum(int(np.sum(exported.get_layer(la.name).kernel.numpy() == 0)) for la in robust.reparam) == pruned
+    # The TFLite file, run by the LiteRT interpreter as a device would, gives the .keras file's logits.
+    interpreter = Interpreter(model_path=records[1].path)
+    (given,), (taken,) = interpreter.get_input_details(), interpreter.get_output_details()
+    interpreter.resize_tensor_input(given["index"], (len(x), *x.shape[1:]))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(given["index"], x)
+    interpreter.invoke()
+    logits = np.asarray(exported(x))
+    assert np.ptp(logits, axis=0).max() > 0.1 * np.abs(logits).max()  # the logits depend on the images
+    np.testing.assert_allclose(interpreter.get_tensor(taken["index"]), logits, atol=1e-5 * np.abs(logits).max())
 
 
 def test_callbacks_say_what_is_wrong_with_the_model_they_run_on():
