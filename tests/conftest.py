@@ -110,3 +110,56 @@ def quickstart_run(tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return workdir, proc
+
+
+# -- scheduling over the two pytest-xdist workers (.ci/run: -n 2; --dist=loadgroup in pyproject.toml) -------
+
+# Fixtures that start main.py or train and attack a model, each read by several tests. Every test that uses
+# one of them goes to the same worker (one xdist group per fixture, merged when a test uses two), so each runs
+# once per session instead of once on each worker that happens to get one of its tests.
+SHARED_RUNS = frozenset(
+    {
+        "quickstart_run",
+        "frep_ch_structured_run",
+        "reference",  # test_resume.py
+        "hydra_reference",
+        "harp_reference",
+        "run",  # test_export_is_ensemble.py
+        "digits_half_width_99",
+        "large_eps",
+        "mid_eps",
+    }
+)
+
+
+def _shared_runs(item) -> list[str]:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return []
+    return sorted(
+        f"{defs[-1].baseid or '.'}::{name}"
+        for name, defs in info.name2fixturedefs.items()
+        if name in SHARED_RUNS and defs and defs[-1].scope in ("module", "session")
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Tests sharing a costly fixture form one xdist group; tests marked `slow` start first. The groups are
+    scheduled first (the largest first), then single tests in collection order: the long ones at the head
+    of the queue keep both workers busy to the end instead of leaving one to finish a long test alone."""
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    shared = {id(item): _shared_runs(item) for item in items}
+    for keys in shared.values():
+        for key in keys[1:]:
+            parent[find(key)] = find(keys[0])
+    for item in items:
+        if shared[id(item)]:
+            item.add_marker(pytest.mark.xdist_group(find(shared[id(item)][0])))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: otherwise as collected

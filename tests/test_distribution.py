@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+@pytest.mark.slow
 def test_mirrored_fit_matches_one_device():
     proc = subprocess.run(
         [sys.executable, os.path.join(HERE, "mirrored_check.py"), "sre", "natural"],

@@ -28,6 +28,7 @@ def _evaluation(cell_dir):
     return {k: v["accuracy"] for k, v in ev.items() if isinstance(v, dict) and "accuracy" in v}, results["sparsity"]
 
 
+@pytest.mark.slow
 def test_a_killed_grid_resumes_where_it_stopped_and_ends_as_uninterrupted_runs(tmp_path):
     workdir = tmp_path / "grid"
     cells = spec.parse(QUICK).cells()
@@ -110,6 +111,7 @@ def test_a_killed_grid_resumes_where_it_stopped_and_ends_as_uninterrupted_runs(t
     assert "FReP" in text and "Ori" in text
 
 
+@pytest.mark.slow
 def test_a_cell_failing_at_run_time_is_reported_and_the_others_still_run(tmp_path):
     path = tmp_path / "fails.cfg"
     # 4000 examples per batch is more than digits has: refused at run time, after TensorFlow starts.

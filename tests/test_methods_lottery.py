@@ -164,6 +164,7 @@ LOTTERY = [*TINY, "--method=lottery", "--epochs=2", "--deterministic"]
 IWI = [*TINY, "--method=iwi", "--epochs=1", "--deterministic"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, kill_at, resumed_note",
     [

@@ -267,6 +267,7 @@ def hydra_reference(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_hydra_killed_in_its_second_stage_ends_as_the_uninterrupted_run(hydra_reference, tmp_path):
     # The 3rd checkpoint is the score stage's 2nd epoch: killed while writing it, inside stage 2; the run
     # resumes from the score stage's 1st epoch with the score stage's optimizer.

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.helpers import TINY_DENSE_RUN_FLAGS
 
@@ -30,6 +31,7 @@ def _env(tmp, **extra):
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(tmp), **extra)
 
 
+@pytest.mark.slow
 def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
