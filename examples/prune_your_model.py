@@ -205,7 +205,7 @@ def report(name: str, records, data, args) -> None:
         f"({len(x_val)} {args.data} validation images, held out from the training set)"
     )
     for record in records:
-        print(f"  {os.path.relpath(record.path)}: {record.bytes / 1024:.1f} KiB")
+        print(f"  {record.path}: {record.bytes / 1024:.1f} KiB")
 
 
 def run(name: str, images, args) -> None:
