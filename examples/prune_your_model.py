@@ -52,15 +52,17 @@ def load(args):
         data = load_digits()
         return (data.images / 16.0).astype("float32")[..., None], data.target.astype("int32")
     from frep_tf.data.errors import DatasetError
-    from frep_tf.data.fashion_mnist import read_idx_dir
+    from frep_tf.data.fashion_mnist import idx_paths, read_idx_dir
 
-    try:
-        arrays = read_idx_dir(args.data_dir)
-    except DatasetError:
+    if idx_paths(args.data_dir) is None:
         sys.exit(
             f"prune_your_model.py: no Fashion-MNIST IDX files in {args.data_dir}: `apt-get install "
             "dataset-fashion-mnist`, pass --data_dir=DIR holding the four IDX files, or use --data digits"
         )
+    try:
+        arrays = read_idx_dir(args.data_dir)  # checked against the upstream MD5s
+    except DatasetError as error:  # a corrupt or truncated file: the message names it
+        sys.exit(f"prune_your_model.py: {error}")
     # The training set only: validation images are held out from it, the test set stays untouched.
     return (arrays["x_train"] / np.float32(255.0))[..., None], arrays["y_train"].astype("int32")
 
