@@ -43,15 +43,19 @@ METHOD_COLORS = {"Ori": "tab:blue", "FReP-CH": "tab:green", "FReP": "tab:red"}
 ROBUST_FIG8 = (("pgd", "PGD"), ("autoattack", "AA"))
 
 
-def draw_figures(workdir: str, rows: list[Row], scalars: dict, dataset: str, problems: list[str]) -> dict[str, str]:
+def draw_figures(
+    workdir: str, rows: list[Row], scalars: dict, dataset: str, problems: list[str], test_numbers: bool = True
+) -> dict[str, str]:
     """Every figure the finished cells allow, into <workdir>/figures/; a figure an earlier report drew but
-    this one cannot is deleted. Returns {fig8|fig7|layers|fig5|lipschitz: path}; notes go to `problems`."""
+    this one cannot is deleted. Returns {fig8|fig7|layers|fig5|lipschitz: path}; notes go to `problems`.
+    Without `test_numbers` (a validation-only experiment) the figures of test-set numbers, fig8 and lipschitz,
+    are not drawn."""
     figures_dir = os.path.join(workdir, FIGURES_DIR)
     os.makedirs(figures_dir, exist_ok=True)
     figures: dict[str, str] = {}
     if rows:
         path = os.path.join(figures_dir, FIGURES["fig8"])
-        if figure_robust_vs_sparsity(rows, path, dataset):
+        if test_numbers and figure_robust_vs_sparsity(rows, path, dataset):
             figures["fig8"] = path
         path = os.path.join(figures_dir, FIGURES["fig7"])
         written, missing = figure_weight_distribution(rows, path, dataset)
@@ -80,7 +84,7 @@ def draw_figures(workdir: str, rows: list[Row], scalars: dict, dataset: str, pro
         if figure_ensemble_vs_network(rows, scalars, path, dataset):
             figures["fig5"] = path
         path = os.path.join(figures_dir, FIGURES["lipschitz"])
-        if figure_robust_vs_input_gradient(rows, path, dataset):
+        if test_numbers and figure_robust_vs_input_gradient(rows, path, dataset):
             figures["lipschitz"] = path
     for key, name in FIGURES.items():  # a figure an earlier report drew but this one cannot
         if key not in figures and os.path.exists(os.path.join(figures_dir, name)):

@@ -1,5 +1,6 @@
 """report.md's text, section by section: the experiment and its cells, robust accuracy, sparsity measures,
-figures, cost, failed and pending cells, notes."""
+validation, figures, cost, failed and pending cells, notes. A validation-only experiment (every cell
+evaluated with `--eval_attacks=clean`) leads with its validation section and shows no test number."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 
 from frep_tf.experiments.report.cells import Cell
 from frep_tf.experiments.report.figures import FIGURES
-from frep_tf.experiments.report.stats import Row, common_settings, kept_per_layer
+from frep_tf.experiments.report.stats import Row, common_settings, kept_per_layer, validation_only
 from frep_tf.experiments.report.tables import (
     cost_table,
     has_settings_column,
@@ -17,6 +18,7 @@ from frep_tf.experiments.report.tables import (
     robust_table,
     sparsity_label,
     table_notes,
+    validation_table,
 )
 from frep_tf.workdir import CELLS_DIR, EXPERIMENT_FILE
 
@@ -35,13 +37,33 @@ FIGURE_CAPTIONS = {
 }
 
 
-def markdown(workdir, experiment, cells, axes, rows, summaries, columns, figures, problems) -> str:
-    """The whole of report.md."""
+VALIDATION_ONLY_NOTE = (
+    "Validation-only experiment: its cells were evaluated on clean test images only, as a sanity check "
+    "(`--eval_attacks=clean`), and the test numbers are left out of this report because its settings are "
+    "chosen on the validation split."
+)
+
+
+def markdown(workdir, experiment, cells, axes, rows, summaries, columns, figures, problems, scalars=None) -> str:
+    """The whole of report.md; `scalars` {cell name: {tag: {epoch: value}}} feed the validation section."""
     finished = [c for c in cells if c.status == "finished"]
     out = _header(workdir, experiment, cells, axes)
-    out += ["## Robust accuracy (paper Tables I / IV)", ""]
-    out += _robust_section(rows, summaries, columns, finished) if rows else ["No cell has finished yet.", ""]
-    out += measures_table(rows)
+    validation = validation_table(rows, scalars or {})
+    if validation_only(cells):
+        out += [VALIDATION_ONLY_NOTE, ""]
+        out += validation
+        out += ["## Exported models", ""]
+        out += (
+            _robust_section(rows, summaries, [], finished, test_numbers=False)
+            if rows
+            else ["No cell has finished yet.", ""]
+        )
+        out += measures_table(rows, test_numbers=False)
+    else:
+        out += ["## Robust accuracy (paper Tables I / IV)", ""]
+        out += _robust_section(rows, summaries, columns, finished) if rows else ["No cell has finished yet.", ""]
+        out += measures_table(rows)
+        out += validation
     out += _figures_section(workdir, figures, rows)
     if rows:
         out += _cost_section(rows, summaries, finished)
@@ -81,10 +103,21 @@ def _axes_text(axes) -> str:
     return "axes: " + "; ".join(f"{flag} = {', '.join(str(v) for v in values)}" for flag, values in axes)
 
 
-def _robust_section(rows: list[Row], summaries: list[dict], columns, finished: list[Cell]) -> list[str]:
-    """The accuracy table, what it measured, the settings rows share, and cells whose sanity checks failed."""
+def _robust_section(
+    rows: list[Row], summaries: list[dict], columns, finished: list[Cell], test_numbers: bool = True
+) -> list[str]:
+    """The accuracy table, what it measured, the settings rows share, and cells whose sanity checks failed;
+    without `test_numbers`, the table without its accuracy columns (the deployed size and sparsity)."""
     out = robust_table(rows, summaries, columns)
-    out += [""] + table_notes(finished, columns) + [""]
+    if test_numbers:
+        out += [""] + table_notes(finished, columns) + [""]
+    else:
+        out += [
+            "",
+            "n: the seeds of a row. Deployed size: the smallest exported file (mean over seeds). Measured "
+            "sparsity: exact zeros among the exported Conv2D/Dense kernel weights, mean ± sample std over seeds.",
+            "",
+        ]
     common = common_settings(rows)
     if has_settings_column(rows) and common:
         out += [

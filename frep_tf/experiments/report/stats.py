@@ -1,6 +1,7 @@
 """Table rows and their statistics: finished cells grouped by every axis but the seed, each row's
-mean +- std over seeds, the methods' names and order, the sparsity measures of a cell, and what each
-row's pruning kept of every layer."""
+mean +- std over seeds, the methods' names and order, the sparsity measures of a cell, what each row's
+pruning kept of every layer, what a cell's validation scalars say of its exported model, and whether an
+experiment is validation-only (evaluated on clean test images only)."""
 
 from __future__ import annotations
 
@@ -298,3 +299,63 @@ def kept_per_layer(rows: list[Row]) -> tuple[list[LayerPanel], list[LayerPanel],
     ranked = sorted(panels, key=lambda k: (len(panels[k].series), k[1]), reverse=True)
     shown = sorted(ranked[:LAYER_PANELS])
     return [panels[k] for k in shown], [panels[k] for k in sorted(ranked[LAYER_PANELS:])], missing
+
+
+# Epochs (1-based) the validation table shows besides the last and the best; a cell's scalars are keyed
+# by the 0-based epoch.
+VALIDATION_EPOCHS = (1, 3, 9)
+# The scalars (tb/frep) of the exported weights' model: (PGD tag, clean tag).
+VALIDATION_TAGS = {
+    "ensemble": ("val_ensemble_pgd_acc", "val_ensemble_clean_acc"),
+    "network": ("val_pgd_acc", "val_clean_acc"),
+}
+GUARD_TAG = "catastrophic_overfitting"
+
+
+def validation_curves(cell: Cell, scalars: dict) -> dict | None:
+    """What the validation split says of a cell's exported weights, from its per-epoch scalars: {model
+    (ensemble | network), epochs {1-based epoch: PGD accuracy or None}, last, last_epoch (1-based), best,
+    best_epoch (1-based, the first on a tie), clean (at the last epoch), guard (epochs the catastrophic-
+    overfitting guard flagged)}; None without the PGD scalars. The exported model is the temporal ensemble
+    when the cell trains one (results.json `model.evaluated`; older results: its scalars were logged)."""
+    runs = scalars.get(cell.name) or {}
+    evaluated = ((cell.results or {}).get("model") or {}).get("evaluated")
+    model = (
+        evaluated
+        if evaluated in VALIDATION_TAGS
+        else ("ensemble" if VALIDATION_TAGS["ensemble"][0] in runs else "network")
+    )
+    pgd_tag, clean_tag = VALIDATION_TAGS[model]
+    pgd = {int(k): float(v) for k, v in (runs.get(pgd_tag) or {}).items()}
+    if not pgd:
+        return None
+    clean = {int(k): float(v) for k, v in (runs.get(clean_tag) or {}).items()}
+    last = max(pgd)
+    best = max(pgd, key=lambda e: (pgd[e], -e))
+    return {
+        "model": model,
+        "epochs": {e: pgd.get(e - 1) for e in VALIDATION_EPOCHS},
+        "last": pgd[last],
+        "last_epoch": last + 1,
+        "best": pgd[best],
+        "best_epoch": best + 1,
+        "clean": clean.get(last),
+        "guard": sum(1 for v in (runs.get(GUARD_TAG) or {}).values() if v),
+    }
+
+
+def evaluated_attacks(cell: Cell) -> list[str] | None:
+    """The attacks a cell's final evaluation ran (config `eval_attacks`, a comma-separated string or a
+    list); None where the cell does not record it."""
+    value = cell.setting("eval_attacks")
+    if value is None:
+        return None
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(a).strip() for a in items if str(a).strip()]
+
+
+def validation_only(cells: list[Cell]) -> bool:
+    """Every finished cell was evaluated on clean test images only (`--eval_attacks=clean`): an experiment
+    whose settings are chosen on the validation split, whose report shows no test accuracy."""
+    finished = [c for c in cells if c.status == "finished"]
+    return bool(finished) and all(evaluated_attacks(c) == ["clean"] for c in finished)

@@ -1,12 +1,22 @@
-"""The report's Markdown tables: robust accuracy (paper Tables I / IV), sparsity measures, what each row
-kept per layer, cost (paper Table V) and per-cell timings, with the number formatting they share."""
+"""The report's Markdown tables: robust accuracy (paper Tables I / IV), sparsity measures, validation
+accuracy per epoch, what each row kept per layer, cost (paper Table V) and per-cell timings, with the
+number formatting they share."""
 
 from __future__ import annotations
 
 import os
 
 from frep_tf.experiments.report.cells import Cell, sort_key
-from frep_tf.experiments.report.stats import REPLICATE_AXIS, LayerPanel, Row, mean_std, measures, train_seconds
+from frep_tf.experiments.report.stats import (
+    REPLICATE_AXIS,
+    VALIDATION_EPOCHS,
+    LayerPanel,
+    Row,
+    mean_std,
+    measures,
+    train_seconds,
+    validation_curves,
+)
 
 
 def pm(mean: float, std: float | None, scale: float = 1.0, digits: int = 1) -> str:
@@ -114,49 +124,56 @@ def table_notes(finished: list[Cell], columns) -> list[str]:
     ]
 
 
-def measures_table(rows: list[Row]) -> list[str]:
+def measures_table(rows: list[Row], test_numbers: bool = True) -> list[str]:
     """Markdown lines: per row, the sparsity measures next to validation and test robustness ([] if no
-    finished cell recorded them)."""
+    finished cell recorded them). Without `test_numbers` (a validation-only experiment) the columns measured
+    on test images (input-gradient L1, test robust accuracy) are left out."""
     if not any(measures(c)["near_zero"] is not None for r in rows for c in r.cells):
         return []
     body = []
     for row in rows:
         m = [measures(c) for c in row.cells]
         cols = [pm(*mean_std(x[k] for x in m)[:2], 100) for k in ("zero", "near_zero")]
-        cols.append(pm(*mean_std(x["input_gradient_l1"] for x in m)[:2], 1, 2))
+        if test_numbers:
+            cols.append(pm(*mean_std(x["input_gradient_l1"] for x in m)[:2], 1, 2))
         cols.append(pm(*mean_std(x["val_pgd"] for x in m)[:2], 100))
-        attacks = sorted({x["robust_attack"] for x in m if x["robust"] is not None})
-        robust = pm(*mean_std(x["robust"] for x in m)[:2], 100)
-        cols.append(f"{robust} ({'/'.join(attacks)})" if attacks else "-")
+        if test_numbers:
+            attacks = sorted({x["robust_attack"] for x in m if x["robust"] is not None})
+            robust = pm(*mean_std(x["robust"] for x in m)[:2], 100)
+            cols.append(f"{robust} ({'/'.join(attacks)})" if attacks else "-")
         body.append([row_label(row), str(len(row.cells)), *cols])
     near = sorted(
         {(c.results.get("sparsity_measures") or {}).get("near_zero_relative") for r in rows for c in r.cells} - {None}
     )
     val = sorted({(c.results.get("dataset") or {}).get("num_val") for r in rows for c in r.cells} - {None})
-    return [
-        "## Sparsity measures and robustness",
-        "",
-        *md_table(
-            [
-                "Row",
-                "n",
-                "Exact zeros (%)",
-                "Near-zero (%)",
-                "Input-gradient L1",
-                "Val. PGD, last epoch (%)",
-                "Test robust (%)",
-            ],
-            body,
-            ["l", "r", "r", "r", "r", "r", "r"],
-        ),
-        "",
+    header = ["Row", "n", "Exact zeros (%)", "Near-zero (%)"]
+    header += ["Input-gradient L1"] if test_numbers else []
+    header += ["Val. PGD, last epoch (%)"]
+    header += ["Test robust (%)"] if test_numbers else []
+    zeros = (
         "Of the exported Conv2D / Dense kernels: exact zeros, and near-zero weights (|w| <= "
-        f"{' / '.join(f'{x:g}' for x in near) or '?'} x the layer's max |w|); input-gradient L1: mean L1 norm "
-        "of the gradient of the margin (true-class logit minus the largest other) with respect to the input at "
-        "test points, a local Lipschitz proxy (lower = flatter); Val. PGD: the last epoch's validation PGD "
-        f"accuracy (`--val_pgd_steps`, on `--val_samples` of the {' / '.join(map(str, val)) or '?'} held-out "
-        "training images: what a choice between settings may be made on); Test robust: AutoAttack where the "
-        "cell ran it, else PGD. Mean ± std over seeds.",
+        f"{' / '.join(f'{x:g}' for x in near) or '?'} x the layer's max |w|); "
+    )
+    gradient = (
+        "input-gradient L1: mean L1 norm of the gradient of the margin (true-class logit minus the largest other) "
+        "with respect to the input at test points, a local Lipschitz proxy (lower = flatter); "
+    )
+    validation = (
+        "Val. PGD: the last epoch's validation PGD accuracy (`--val_pgd_steps`, on `--val_samples` of the "
+        f"{' / '.join(map(str, val)) or '?'} held-out training images: what a choice between settings may be "
+        "made on)"
+    )
+    return [
+        "## Sparsity measures and robustness" if test_numbers else "## Sparsity measures",
+        "",
+        *md_table(header, body, ["l", *["r"] * (len(header) - 1)]),
+        "",
+        zeros
+        + gradient
+        + validation
+        + "; Test robust: AutoAttack where the cell ran it, else PGD. Mean ± std over seeds."
+        if test_numbers
+        else zeros + validation + ". Mean ± std over seeds.",
         "",
     ]
 
@@ -267,3 +284,80 @@ def per_cell_table(rows: list[Row]) -> list[str]:
                 ]
             )
     return md_table(["Cell", "Row", "Seed", "Epochs", "Train (s)", "Total (s)"], body, ["l", "l", "r", "r", "r", "r"])
+
+
+def validation_table(rows: list[Row], scalars: dict) -> list[str]:
+    """Markdown lines: the section "Validation (the split settings are chosen on)", a line per table row with
+    the validation PGD accuracy of the exported weights' model after epochs 1, 3 and 9, at the last epoch
+    and at the best one, the clean accuracy at the last epoch, and the epochs the catastrophic-overfitting
+    guard flagged ([] if no finished cell has per-epoch validation scalars)."""
+    curves = [[v for c in row.cells if (v := validation_curves(c, scalars)) is not None] for row in rows]
+    if not any(curves):
+        return []
+    models = {v["model"] for found in curves for v in found}
+    body = []
+    for row, found in zip(rows, curves, strict=True):
+        n = len(found)
+
+        def cell(values, n=n):
+            m, s, k = mean_std(values)
+            return pm(m, s, 100) + (f" (n={k})" if 0 < k < n else "")
+
+        label = row_label(row)
+        if len(models) > 1 and found:
+            label += " (" + " / ".join(sorted({v["model"] for v in found})) + ")"
+        body.append(
+            [
+                label,
+                str(n),
+                *[cell(v["epochs"][e] for v in found) for e in VALIDATION_EPOCHS],
+                cell(v["last"] for v in found),
+                cell(v["best"] for v in found),
+                " / ".join(str(v["best_epoch"]) for v in found) or "-",
+                cell(v["clean"] for v in found),
+                " / ".join(str(v["guard"]) for v in found) or "-",
+            ]
+        )
+    if models == {"ensemble"}:
+        which = "the temporal ensemble (`val_ensemble_pgd_acc`, `val_ensemble_clean_acc`) in every row"
+    elif models == {"network"}:
+        which = "the network (`val_pgd_acc`, `val_clean_acc`; no temporal ensemble) in every row"
+    else:
+        which = (
+            "the temporal ensemble (`val_ensemble_pgd_acc`, `val_ensemble_clean_acc`) in the rows marked "
+            "*ensemble*, the network (`val_pgd_acc`, `val_clean_acc`) in those marked *network*"
+        )
+    last = sorted({v["last_epoch"] for found in curves for v in found})
+    cells = [c for row in rows for c in row.cells]
+    steps = sorted({c.setting("val_pgd_steps") for c in cells} - {None}, key=sort_key)
+    samples = sorted({c.setting("val_samples") for c in cells} - {None}, key=sort_key)
+    val = sorted({(c.results.get("dataset") or {}).get("num_val") for c in cells} - {None})
+    epochs = ", ".join(map(str, VALIDATION_EPOCHS[:-1])) + f" and {VALIDATION_EPOCHS[-1]}"
+    return [
+        "## Validation (the split settings are chosen on)",
+        "",
+        *md_table(
+            [
+                "Row",
+                "n",
+                *[f"PGD, epoch {e} (%)" for e in VALIDATION_EPOCHS],
+                "PGD, last (%)",
+                "PGD, best (%)",
+                "Best epoch",
+                "Clean, last (%)",
+                "Catastrophic overfitting (epochs)",
+            ],
+            body,
+            ["l", "r", *["r"] * len(VALIDATION_EPOCHS), "r", "r", "r", "r", "r"],
+        ),
+        "",
+        "Accuracy (%) on the validation split of the exported weights' model: "
+        f"{which}. PGD with `--val_pgd_steps` ({' / '.join(map(str, steps)) or '?'}) steps on `--val_samples` "
+        f"({' / '.join(map(str, samples)) or '?'}) of the {' / '.join(map(str, val)) or '?'} held-out training "
+        f"images, after epochs {epochs} (1-based; - where a cell trained fewer epochs), at the last epoch "
+        f"({' / '.join(map(str, last))}) and at the best epoch (the highest value over all epochs, any before a "
+        "prune included; Best epoch: each seed's, first on a tie); Clean: at the last epoch. Mean ± sample std "
+        "(ddof 1) over the n seeds of a row (no ± for n = 1; (n=k) where fewer cells reached that epoch). "
+        "Catastrophic overfitting: the epochs the guard flagged (`catastrophic_overfitting`), each seed's count.",
+        "",
+    ]

@@ -9,7 +9,7 @@ import sys
 from frep_tf.experiments.report.cells import ReportError, load_experiment, load_scalars
 from frep_tf.experiments.report.figures import draw_figures
 from frep_tf.experiments.report.markdown import markdown
-from frep_tf.experiments.report.stats import attack_columns, build_rows, row_summary
+from frep_tf.experiments.report.stats import attack_columns, build_rows, row_summary, validation_only
 from frep_tf.workdir import REPORT_FILE
 
 
@@ -28,12 +28,12 @@ def write_report(workdir: str) -> dict:
     dataset = ", ".join(datasets) or "no data"
 
     scalars = load_scalars(finished, problems)
-    figures = draw_figures(workdir, rows, scalars, dataset, problems)
+    figures = draw_figures(workdir, rows, scalars, dataset, problems, test_numbers=not validation_only(cells))
     no_curves = [c.name for c in finished if "val_pgd_acc" not in scalars.get(c.name, {})]
     if rows and no_curves:
         problems.append(f"no per-epoch validation curves (tb/frep) for: {', '.join(no_curves)}")
 
-    text = markdown(workdir, experiment, cells, axes, rows, summaries, columns, figures, problems)
+    text = markdown(workdir, experiment, cells, axes, rows, summaries, columns, figures, problems, scalars)
     tmp = os.path.join(workdir, "." + REPORT_FILE + ".tmp")
     with open(tmp, "w") as fh:
         fh.write(text)
