@@ -355,8 +355,14 @@ def figure_layer_density(rows: list[Row], path: str, dataset: str) -> bool:
     for ax in axes:
         for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, h)
+    # As many legend columns as fit the figure's width (about 13 characters of "small" text per inch).
+    fit = int(fig.get_figwidth() * 13 / (max(len(label) for label in handles) + 5))
     fig.legend(
-        list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 3), fontsize="small"
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncols=max(1, min(len(handles), 3, fit)),
+        fontsize="small",
     )
     seeds = any(k.n > 1 for p in panels for _, kept in p.series for k in kept.values())
     title = (
