@@ -5,6 +5,7 @@
     python main.py --mode=evaluate --model=runs/r18_s99/export/model.keras --dataset=cifar10
     python main.py --mode=experiment --experiment=configs/experiments/fashion_frep_vs_ori.cfg --workdir=runs/fo
     python main.py --mode=report --workdir=runs/fo
+    python main.py --mode=report --workdir=runs/fo --experiment=configs/experiments/fashion_frep_vs_ori.cfg
 
 Parses flags, validates them into a frozen Config, then runs it (frep_tf.run). The same command
 again resumes an interrupted run, or prints the results of a finished one.
@@ -142,7 +143,7 @@ def _experiment(cfg) -> None:
 
     try:
         if cfg.run.mode == "report":
-            path = runner.write_report(cfg.run.workdir)
+            path = runner.write_report(cfg.run.workdir, experiment_path=cfg.run.experiment or None)
             print(f"[experiment] report: {path}", flush=True)
             return
         # Flags given on this command line (e.g. --data_dir) go to every cell, after the file's base flags.

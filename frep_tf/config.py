@@ -282,7 +282,11 @@ class RunConfig:
         "output directory (config.json, tb/, export/, results.json); --mode=evaluate writes results.json only "
         "when --workdir is given",
     )
-    experiment: str = _f("", "--mode=experiment: the experiment file (base flags + axes; see configs/experiments/)")
+    experiment: str = _f(
+        "",
+        "--mode=experiment: the experiment file (base flags + axes + claims; see configs/experiments/); "
+        "--mode=report: read the claims from this file instead of the workdir's experiment.json (and store them there)",
+    )
     experiment_shard: str = _f("", "--mode=experiment: i/n runs every n-th cell starting at cell i (0-based)")
     experiment_results: str = _f(
         "",

@@ -209,8 +209,10 @@ def _check_run(cfg: Config) -> None:
         raise _bad("workdir", "''", f"--mode={r.mode} needs the experiment's --workdir")
     if r.mode == "experiment" and not r.experiment:
         raise _bad("experiment", "''", "--mode=experiment needs --experiment=FILE (see configs/experiments/)")
-    if r.mode != "experiment" and (r.experiment or r.experiment_shard or r.experiment_results):
-        flag = next(f for f in ("experiment", "experiment_shard", "experiment_results") if getattr(r, f))
+    if r.mode not in ("experiment", "report") and r.experiment:
+        raise _bad("experiment", r.experiment, "only with --mode=experiment or --mode=report (its claims)")
+    if r.mode != "experiment" and (r.experiment_shard or r.experiment_results):
+        flag = next(f for f in ("experiment_shard", "experiment_results") if getattr(r, f))
         raise _bad(flag, getattr(r, flag), "only with --mode=experiment")
     if r.mode == "report" and not os.path.isdir(r.workdir):
         raise _bad("workdir", r.workdir, "--mode=report needs an existing experiment workdir")

@@ -288,9 +288,28 @@ def _write_experiment(workdir: str, experiment: Experiment) -> None:
         write_json_atomic(path, data)
 
 
-def write_report(workdir: str, out=None) -> str | None:
-    """report.md and figures from the finished cells (frep_tf.experiments.report)."""
+def write_report(workdir: str, out=None, experiment_path: str | None = None) -> str | None:
+    """report.md and figures from the finished cells (frep_tf.experiments.report). With `experiment_path`
+    the claims come from that experiment file instead of the workdir's experiment.json, and are stored
+    there (so a later report without it keeps them); ExperimentError if the file is another experiment's."""
     from frep_tf.experiments import report
 
-    summary = report.write_report(workdir)
+    claims, stored, path = None, None, os.path.join(workdir, EXPERIMENT_FILE)
+    if experiment_path:
+        experiment = parse(experiment_path)
+        try:
+            stored = read_json(path)
+        except ValueError as exc:
+            raise report.ReportError(str(exc)) from None
+        name = stored.get("name") if isinstance(stored, dict) else None
+        if name is not None and name != experiment.name:
+            raise ExperimentError(
+                f"--experiment={experiment_path}: experiment {experiment.name!r}, but {path} is experiment "
+                f"{name!r}: give the file of the same experiment"
+            )
+        claims = [c.to_dict() for c in experiment.claims]
+    summary = report.write_report(workdir, claims=claims)
+    if isinstance(stored, dict) and stored.get("claims", []) != claims:
+        stored = {k: v for k, v in stored.items() if k != "claims"}
+        write_json_atomic(path, {**({"claims": claims} if claims else {}), **stored})
     return summary.get("report") if isinstance(summary, dict) else None

@@ -5,7 +5,8 @@
 
 Input (the layout the experiment runner writes; cells may come from several machines copied together):
 
-    <workdir>/experiment.json   {"name", "file", "base_flags", "axes": [{"flag", "values"}], "cells": [{"name", "dir", "flags"}]}
+    <workdir>/experiment.json   {"name", "file", "base_flags", "axes": [{"flag", "values"}], "cells": [{"name", "dir", "flags"}],
+                                 "claims": [{"label", "metric", "op", "a", "b", "line"}] (optional)}
     <workdir>/cells/<name>/     an ordinary run's workdir: config.json, results.json once finished,
                                 tb/frep/ (per-epoch scalars), failed.json {"reason", "exit_status"} if it failed;
                                 a committed cell (frep_tf.experiments.evidence) has scalars.json instead of tb/
@@ -17,7 +18,8 @@ seeds are the replicates a row's mean +- std is taken over.
 Output: <workdir>/report.md and <workdir>/figures/ (the figures are listed in `figures`).
 
 One concern per module: `cells` reads the workdir, `stats` groups finished cells into rows and takes
-their statistics, `tables` and `markdown` write the text, `figures` draws, `write` puts them together.
+their statistics, `claims` judges the experiment's claims on those rows, `tables` and `markdown` write
+the text, `figures` draws, `write` puts them together.
 Neither TensorFlow nor Keras is imported: results.json and config.json are JSON, and TensorBoard event
 files are read by frep_tf.experiments.tb_events with the protos the tensorboard package ships.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -77,6 +78,16 @@ def parse_value(text):
         except ValueError:
             pass
     return text
+
+
+def same_value(setting, wanted) -> bool:
+    """A cell's setting equals a wanted (parsed) value: numbers within a relative 1e-6 (0.99 written as 0.990,
+    or one that went through a float32), booleans and text exactly."""
+    if isinstance(setting, bool) or isinstance(wanted, bool):
+        return setting is wanted
+    if isinstance(setting, (int, float)) and isinstance(wanted, (int, float)):
+        return math.isclose(setting, wanted, rel_tol=1e-6, abs_tol=1e-12)
+    return setting == wanted
 
 
 def _flatten(config: dict) -> dict:

@@ -1,12 +1,14 @@
-"""report.md's text, section by section: the experiment and its cells, robust accuracy, sparsity measures,
-validation, figures, cost, failed and pending cells, notes. A validation-only experiment (every cell
-evaluated with `--eval_attacks=clean`) leads with its validation section and shows no test number."""
+"""report.md's text, section by section: the experiment and its cells, robust accuracy, the claims,
+sparsity measures, validation, figures, cost, failed and pending cells, notes. A validation-only experiment
+(every cell evaluated with `--eval_attacks=clean`) leads with its validation section and shows no test
+number."""
 
 from __future__ import annotations
 
 import os
 
 from frep_tf.experiments.report.cells import Cell
+from frep_tf.experiments.report.claims import claims_section
 from frep_tf.experiments.report.figures import FIGURES
 from frep_tf.experiments.report.stats import Row, common_settings, kept_per_layer, validation_only
 from frep_tf.experiments.report.tables import (
@@ -44,14 +46,18 @@ VALIDATION_ONLY_NOTE = (
 )
 
 
-def markdown(workdir, experiment, cells, axes, rows, summaries, columns, figures, problems, scalars=None) -> str:
-    """The whole of report.md; `scalars` {cell name: {tag: {epoch: value}}} feed the validation section."""
+def markdown(
+    workdir, experiment, cells, axes, rows, summaries, columns, figures, problems, scalars=None, claims=None
+) -> str:
+    """The whole of report.md; `scalars` {cell name: {tag: {epoch: value}}} feed the validation section,
+    `claims` (judged, frep_tf.experiments.report.claims) the Claims section after the first table."""
     finished = [c for c in cells if c.status == "finished"]
     out = _header(workdir, experiment, cells, axes)
     validation = validation_table(rows, scalars or {})
     if validation_only(cells):
         out += [VALIDATION_ONLY_NOTE, ""]
         out += validation
+        out += claims_section(claims or [])
         out += ["## Exported models", ""]
         out += (
             _robust_section(rows, summaries, [], finished, test_numbers=False)
@@ -62,6 +68,7 @@ def markdown(workdir, experiment, cells, axes, rows, summaries, columns, figures
     else:
         out += ["## Robust accuracy (paper Tables I / IV)", ""]
         out += _robust_section(rows, summaries, columns, finished) if rows else ["No cell has finished yet.", ""]
+        out += claims_section(claims or [])
         out += measures_table(rows)
         out += validation
     out += _figures_section(workdir, figures, rows)

@@ -7,17 +7,22 @@ import os
 import sys
 
 from frep_tf.experiments.report.cells import ReportError, load_experiment, load_scalars
+from frep_tf.experiments.report.claims import checked_claims, judge_all
 from frep_tf.experiments.report.figures import draw_figures
 from frep_tf.experiments.report.markdown import markdown
 from frep_tf.experiments.report.stats import attack_columns, build_rows, row_summary, validation_only
-from frep_tf.workdir import REPORT_FILE
+from frep_tf.workdir import EXPERIMENT_FILE, REPORT_FILE
 
 
-def write_report(workdir: str) -> dict:
+def write_report(workdir: str, claims: list[dict] | None = None) -> dict:
     """Write <workdir>/report.md and <workdir>/figures/*.png from the finished cells; returns a summary:
     {"report", "figures": {fig8|fig7|fig5: path}, "cells": {total, finished, failed, pending}, "rows",
-    "failed": [{name, reason, exit_status}], "pending": [names], "problems": [one-line notes]}."""
+    "claims": [{label, metric, op, line, a, b, difference, verdict, text}] (frep_tf.experiments.report.claims),
+    "failed": [{name, reason, exit_status}], "pending": [names], "problems": [one-line notes]}.
+    `claims` ({label, metric, op, a, b, line} each) replace experiment.json's `claims`."""
     experiment, cells, axes, problems = load_experiment(workdir)
+    source = os.path.join(workdir, EXPERIMENT_FILE) if claims is None else "--experiment"
+    claims = checked_claims(experiment.get("claims", []) if claims is None else claims, source)
     rows = build_rows(cells, axes)
     columns = attack_columns(rows)
     finished = [c for c in cells if c.status == "finished"]
@@ -33,7 +38,8 @@ def write_report(workdir: str) -> dict:
     if rows and no_curves:
         problems.append(f"no per-epoch validation curves (tb/frep) for: {', '.join(no_curves)}")
 
-    text = markdown(workdir, experiment, cells, axes, rows, summaries, columns, figures, problems, scalars)
+    judged = judge_all(claims, rows, scalars, validation_only(cells), problems)
+    text = markdown(workdir, experiment, cells, axes, rows, summaries, columns, figures, problems, scalars, judged)
     tmp = os.path.join(workdir, "." + REPORT_FILE + ".tmp")
     with open(tmp, "w") as fh:
         fh.write(text)
@@ -43,6 +49,7 @@ def write_report(workdir: str) -> dict:
         "figures": figures,
         "cells": {"total": len(cells), "finished": len(finished), "failed": len(failed), "pending": len(pending)},
         "rows": summaries,
+        "claims": judged,
         "failed": [
             {
                 "name": c.name,
