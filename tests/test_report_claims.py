@@ -50,7 +50,7 @@ CLAIMS = [
     _claim("FReP trains faster", "train_seconds", _sel("hadamard", 0.99), "<", _sel("plain", 0.99)),
     _claim("FReP is less robust", "autoattack", _sel("hadamard", 0.99), "<", _sel("plain", 0.99)),
     _claim("FReP beats Ori at 99.5 %", "autoattack", _sel("hadamard", 0.995), ">", _sel("plain", 0.995)),
-    _claim("FReP beats Ori at 99.8 %", "autoattack", _sel("hadamard", 0.998), ">", _sel("plain", 0.998)),
+    _claim("FReP at 99.8 % beats Ori at 99 %", "autoattack", _sel("hadamard", 0.998), ">", _sel("plain", 0.99)),
     _claim("FReP beats Ori anywhere", "autoattack", {"parameterization": "hadamard"}, ">", _sel("plain", 0.99)),
     _claim("FReP validates better", "val_pgd", _sel("hadamard", 0.99), ">", _sel("plain", 0.99)),
 ]
@@ -61,7 +61,7 @@ VERDICTS = {
     "FReP trains faster": "holds",
     "FReP is less robust": "does not hold",
     "FReP beats Ori at 99.5 %": "one seed: not judged",
-    "FReP beats Ori at 99.8 %": "not measured yet",
+    "FReP at 99.8 % beats Ori at 99 %": "not measured yet",
     "FReP beats Ori anywhere": "several rows: not judged",
     "FReP validates better": "holds",
 }
@@ -94,6 +94,7 @@ def make_workdir(workdir, attacks="clean,autoattack", claims=None, name="grid"):
                 "dataset": {"name": "digits", "num_val": 200},
                 "model": {"evaluated": "network", "evaluated_path": "export/model.keras"},
                 "sparsity": {"kernels": s},
+                "sparsity_measures": {"overall": {"zero": s, "near_zero": s}, "near_zero_relative": 0.001},
                 "evaluation": evaluation,
                 "training": {"epochs": 3},
                 "method": {"seconds": seconds},
@@ -282,12 +283,14 @@ def test_one_seed_shows_the_numbers_but_no_verdict(normal):
 
 
 def test_a_side_without_finished_cells_is_not_measured_yet(normal):
+    """The other side has numbers: shown, but nothing is judged."""
     summary, text = normal
-    line = _line(text, "FReP beats Ori at 99.8 %")
-    assert "`parameterization=hadamard sparsity=0.998` (no finished cell)" in line
-    assert line.endswith(": not measured yet.")
-    (claim,) = [c for c in summary["claims"] if c["label"] == "FReP beats Ori at 99.8 %"]
-    assert claim["a"]["n"] == 0 and claim["difference"] is None
+    line = _line(text, "FReP at 99.8 % beats Ori at 99 %")
+    assert line.endswith(
+        f": `parameterization=hadamard sparsity=0.998` (no finished cell) vs {_side('plain', 0.99, 0)}: not measured yet."
+    )
+    (claim,) = [c for c in summary["claims"] if c["label"] == "FReP at 99.8 % beats Ori at 99 %"]
+    assert claim["a"]["n"] == 0 and claim["b"]["n"] == 3 and claim["difference"] is None
 
 
 def test_a_selector_matching_two_rows_names_them_and_is_a_note(normal):
@@ -338,7 +341,11 @@ def test_a_validation_only_experiment_judges_no_test_metric(validation):
 def test_the_section_follows_the_first_table_with_the_rule(normal, validation):
     _, text = normal
     headers = [line for line in text.splitlines() if line.startswith("## ")]
-    assert headers[:2] == ["## Robust accuracy (paper Tables I / IV)", "## Claims"]
+    assert headers[:3] == [
+        "## Robust accuracy (paper Tables I / IV)",
+        "## Claims",
+        "## Sparsity measures and robustness",
+    ]
     section = _section(text)
     assert section.splitlines()[1] == claims_mod.RULE
     assert "std_A + std_B" not in section and "two standard deviations added" in section
