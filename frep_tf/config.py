@@ -285,7 +285,8 @@ class RunConfig:
     experiment: str = _f(
         "",
         "--mode=experiment: the experiment file (base flags + axes + claims; see configs/experiments/); "
-        "--mode=report: read the claims from this file instead of the workdir's experiment.json (and store them there)",
+        "--mode=report: read the claims from this file instead of the workdir's experiment.json (and store them there, "
+        "or write the file's experiment.json where there is none)",
     )
     experiment_shard: str = _f("", "--mode=experiment: i/n runs every n-th cell starting at cell i (0-based)")
     experiment_results: str = _f(

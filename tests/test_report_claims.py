@@ -335,6 +335,20 @@ def test_a_validation_only_experiment_judges_no_test_metric(validation):
     assert claim["a"] is None and claim["b"] is None
 
 
+def test_a_selector_speaks_the_experiment_files_terms_not_the_resolved_config():
+    """--epochs=100 with --epoch_scale=0.3 is stored as epochs 30 in config.json."""
+    from frep_tf.experiments.report.cells import Cell
+
+    listed = Cell("a", "cells/a", {"epochs": "100", "sparsity": "0.99"}, config={"epochs": 30, "sparsity": 0.99})
+    assert claims_mod.matches(listed, {"epochs": "100", "sparsity": "0.990"})
+    assert not claims_mod.matches(listed, {"epochs": "30"})
+    discovered = Cell("b", "cells/b", {}, config={"epochs": 30, "sparsity": 0.99, "structured": False})
+    assert claims_mod.matches(discovered, {"epochs": "30", "structured": "false"})
+    assert not claims_mod.matches(discovered, {"structured": "0"}) and not claims_mod.matches(
+        discovered, {"epochs": "3"}
+    )
+
+
 # ---- the section ----------------------------------------------------------------------------------
 
 
@@ -416,3 +430,21 @@ def test_experiment_is_refused_outside_experiment_and_report_modes(tmp_path):
     cfg = Config.from_flat({"mode": "train", "experiment": "x.cfg", "workdir": str(tmp_path / "w")})
     with pytest.raises(ConfigError, match=r"--experiment=x.cfg: only with --mode=experiment or --mode=report"):
         validate(cfg)
+
+
+def test_a_workdir_without_experiment_json_gets_the_files(tmp_path):
+    """A results directory of cells shared from another experiment: the file's experiment.json is written,
+    as the runner would, so the cells' flags (and the claims) are there for later reports too."""
+    workdir = make_workdir(str(tmp_path / "grid"))
+    os.remove(os.path.join(workdir, "experiment.json"))
+    path = tmp_path / "grid.cfg"
+    path.write_text(
+        "--dataset=digits\naxis parameterization = plain | hadamard\naxis sparsity = 0.9 | 0.99 | 0.995 | 0.998\n"
+        "axis seed = 0 | 1 | 2\n"
+        "claim FReP beats Ori at 99 % = autoattack: parameterization=hadamard sparsity=0.99 > parameterization=plain sparsity=0.99\n"
+    )
+    runner.write_report(workdir, experiment_path=str(path))
+    assert json.load(open(os.path.join(workdir, "experiment.json"))) == spec.parse(str(path)).to_dict()
+    text = open(os.path.join(workdir, "report.md")).read()
+    assert "Cells: 24 — 13 finished, 0 failed, 11 pending" in text
+    assert _line(text, "FReP beats Ori at 99 %").endswith(": holds.")

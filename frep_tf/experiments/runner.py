@@ -291,7 +291,9 @@ def _write_experiment(workdir: str, experiment: Experiment) -> None:
 def write_report(workdir: str, out=None, experiment_path: str | None = None) -> str | None:
     """report.md and figures from the finished cells (frep_tf.experiments.report). With `experiment_path`
     the claims come from that experiment file instead of the workdir's experiment.json, and are stored
-    there (so a later report without it keeps them); ExperimentError if the file is another experiment's."""
+    there (so a later report without it keeps them; a workdir without experiment.json, e.g. a results
+    directory of cells shared from another experiment, gets the file's, as the runner would write it);
+    ExperimentError if the file is another experiment's."""
     from frep_tf.experiments import report
 
     claims, stored, path = None, None, os.path.join(workdir, EXPERIMENT_FILE)
@@ -308,6 +310,8 @@ def write_report(workdir: str, out=None, experiment_path: str | None = None) -> 
                 f"{name!r}: give the file of the same experiment"
             )
         claims = [c.to_dict() for c in experiment.claims]
+        if stored is None and os.path.isdir(workdir):
+            _write_experiment(workdir, experiment)
     summary = report.write_report(workdir, claims=claims)
     if isinstance(stored, dict) and stored.get("claims", []) != claims:
         stored = {k: v for k, v in stored.items() if k != "claims"}

@@ -62,9 +62,17 @@ def selector_text(selector: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in selector.items())
 
 
+def written_setting(cell: Cell, flag: str):
+    """A flag's value as the experiment file wrote it (experiment.json's cell flags), else the cell's
+    setting: a selector speaks the file's terms, and config.json may hold a resolved value (--epochs=100
+    with --epoch_scale=0.3 is stored as epochs 30 and epoch_scale 1)."""
+    written = cell.flags.get(flag)
+    return parse_value(written) if written is not None else cell.setting(flag)
+
+
 def matches(cell: Cell, selector: dict) -> bool:
-    """Every flag=value of the selector is the cell's setting (numbers within a tolerance)."""
-    return all(same_value(cell.setting(flag), parse_value(str(value))) for flag, value in selector.items())
+    """Every flag=value of the selector is the cell's value of that flag (numbers within a tolerance)."""
+    return all(same_value(written_setting(cell, flag), parse_value(str(value))) for flag, value in selector.items())
 
 
 def cell_value(cell: Cell, metric: str, scalars: dict) -> float | None:
