@@ -102,17 +102,19 @@ def train_results(
 
 
 def catastrophic_overfitting(workdir: str) -> dict | None:
-    """results.json `catastrophic_overfitting`: the first epoch the guard flagged (frep_tf.training.guards),
+    """results.json `catastrophic_overfitting`: the first epoch the guard flagged (frep_tf.training.overfitting),
     found again in the per-epoch scalars the monitor recorded over every stage and process (so a resumed
     run reports an epoch flagged before its kill); None when none was, or nothing was recorded."""
     from frep_tf.experiments.tb_events import EventFileError, read_scalars
-    from frep_tf.training import guards
+    from frep_tf.training import overfitting
 
     try:
         scalars = read_scalars(os.path.join(workdir, MONITOR_LOG_DIR))
     except (EventFileError, OSError):
         return None
-    return guards.collapse_record(scalars.get(guards.VAL_PGD_TAG, {}), scalars.get(guards.ADV_ACC_TAG, {}))
+    return overfitting.collapse_record(
+        scalars.get(overfitting.VAL_PGD_TAG, {}), scalars.get(overfitting.ADV_ACC_TAG, {})
+    )
 
 
 def method_summary(cfg: Config, plan, clock) -> dict:

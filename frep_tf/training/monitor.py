@@ -3,7 +3,7 @@ split (never the test set), ensemble divergence Delta (paper Eq. 14), sparsity, 
 interval and histograms of the fused kernels.
 
 The values are also put into the epoch `logs`, so Keras' History and TensorBoard callbacks (which run
-after this one) record them as well. The catastrophic-overfitting guard (frep_tf.training.guards) runs
+after this one) record them as well. The catastrophic-overfitting guard (frep_tf.training.overfitting) runs
 on the validation PGD accuracy and the epoch's training adversarial accuracy; its inputs and its flag go
 to TensorBoard only (`train_adv_acc`, `catastrophic_overfitting`), a flagged epoch also prints one
 warning line on stderr.
@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from frep_tf.attacks.pgd import pgd
-from frep_tf.training import guards
+from frep_tf.training import overfitting
 from frep_tf.training.ensemble import TemporalEnsemble
 
 
@@ -49,8 +49,8 @@ class EpochMonitor(keras.callbacks.Callback):
         self.histogram_every = histogram_every
         self._writer = None
         self._fns = {}
-        self.guard = guards.CatastrophicOverfittingGuard(history=self._recorded if log_dir else None)
-        self.collapses: list[guards.Collapse] = []
+        self.guard = overfitting.CatastrophicOverfittingGuard(history=self._recorded if log_dir else None)
+        self.collapses: list[overfitting.Collapse] = []
 
     def _recorded(self) -> dict:
         """The scalars earlier processes and stages wrote to log_dir ({} if they cannot be read)."""
@@ -135,7 +135,7 @@ class EpochMonitor(keras.callbacks.Callback):
         if collapse is not None:
             self.collapses.append(collapse)
             print(collapse.message(), file=sys.stderr, flush=True)
-        return {guards.ADV_ACC_TAG: float(adv_acc), guards.FLAG_TAG: float(collapse is not None)}
+        return {overfitting.ADV_ACC_TAG: float(adv_acc), overfitting.FLAG_TAG: float(collapse is not None)}
 
     def on_train_end(self, logs=None):
         if self._writer is not None:

@@ -312,6 +312,20 @@ VALIDATION_TAGS = {
 GUARD_TAG = "catastrophic_overfitting"
 
 
+def guard_flags(runs: dict) -> int:
+    """How many collapses the catastrophic-overfitting guard finds in a cell's scalars, by the current rule
+    (frep_tf.training.overfitting) applied to its validation PGD and training adversarial accuracy, so a
+    cell trained before a change of the rule is judged as a new one would be; the flags the training
+    recorded where those two series are missing."""
+    from frep_tf.training import overfitting
+
+    val_pgd, adv_acc = runs.get(overfitting.VAL_PGD_TAG), runs.get(overfitting.ADV_ACC_TAG)
+    if val_pgd and adv_acc:
+        series = [{int(k): float(v) for k, v in s.items()} for s in (val_pgd, adv_acc)]
+        return len(overfitting.collapses(*series))
+    return sum(1 for v in (runs.get(GUARD_TAG) or {}).values() if v)
+
+
 def validation_curves(cell: Cell, scalars: dict) -> dict | None:
     """What the validation split says of a cell's exported weights, from its per-epoch scalars: {model
     (ensemble | network), epochs {1-based epoch: PGD accuracy or None}, last, last_epoch (1-based), best,
@@ -340,7 +354,7 @@ def validation_curves(cell: Cell, scalars: dict) -> dict | None:
         "best": pgd[best],
         "best_epoch": best + 1,
         "clean": clean.get(last),
-        "guard": sum(1 for v in (runs.get(GUARD_TAG) or {}).values() if v),
+        "guard": guard_flags(runs),
     }
 
 

@@ -358,6 +358,7 @@ def validation_table(rows: list[Row], scalars: dict) -> list[str]:
         f"({' / '.join(map(str, last))}) and at the best epoch (the highest value over all epochs, any before a "
         "prune included; Best epoch: each seed's, first on a tie); Clean: at the last epoch. Mean ± sample std "
         "(ddof 1) over the n seeds of a row (no ± for n = 1; (n=k) where fewer cells reached that epoch). "
-        "Catastrophic overfitting: the epochs the guard flagged (`catastrophic_overfitting`), each seed's count.",
+        "Catastrophic overfitting: the collapses the guard finds in each seed's validation PGD and training "
+        "adversarial accuracy, by its current rule (frep_tf/training/overfitting.py).",
         "",
     ]
