@@ -143,7 +143,9 @@ class EnsembleConfig:
         "where the ensemble interval is counted from: the global step, or the last learning-rate decay",
         choices=ENSEMBLE_INTERVAL_FROM,
     )
-    ensemble_final_update: bool = _f(False, "also update the ensemble at the end of the last epoch")
+    ensemble_final_update: bool = _f(
+        True, "also update the ensemble at the end of the last epoch, so the exported ensemble has seen it"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ def callbacks(
     ensemble_interval: int = 100,
     lr_decay_steps="auto",
     ensemble_interval_from: str = "global",
-    ensemble_final_update: bool = False,
+    ensemble_final_update: bool = True,
     ensemble_restart: bool = False,
     log_dir: str | None = None,
     log_sparsity: bool = True,

@@ -59,6 +59,7 @@ RUNS = {
         "--ensemble_interval=10",
         "--attack_bn=eval",
         "--ensemble_restart",
+        "--noensemble_final_update",  # the default until the proving ground's measurement
     ],
     # HYDRA: pretrain -> score learning -> finetune, each stage shortened by --epoch_scale.
     "hydra": _COMMON
