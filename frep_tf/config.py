@@ -287,8 +287,7 @@ class RunConfig:
     experiment: str = _f(
         "",
         "--mode=experiment: the experiment file (base flags + axes + claims; see configs/experiments/); "
-        "--mode=report: read the claims from this file instead of the workdir's experiment.json (and store them there, "
-        "or write the file's experiment.json where there is none)",
+        "--mode=report: first replace the workdir's experiment.json by this file's (its cells and claims)",
     )
     experiment_shard: str = _f("", "--mode=experiment: i/n runs every n-th cell starting at cell i (0-based)")
     experiment_results: str = _f(

@@ -290,15 +290,14 @@ def _write_experiment(workdir: str, experiment: Experiment) -> None:
 
 def write_report(workdir: str, out=None, experiment_path: str | None = None) -> str | None:
     """report.md and figures from the finished cells (frep_tf.experiments.report). With `experiment_path`
-    the claims come from that experiment file instead of the workdir's experiment.json, and are stored
-    there (so a later report without it keeps them; a workdir without experiment.json, e.g. a results
-    directory of cells shared from another experiment, gets the file's, as the runner would write it);
-    ExperimentError if the file is another experiment's."""
+    the workdir's experiment.json is first replaced by that file's, as the runner would write it (its
+    cells, so cells added to the file show as pending, and its claims), so a later report without it
+    keeps them; ExperimentError if the file is another experiment's."""
     from frep_tf.experiments import report
 
-    claims, stored, path = None, None, os.path.join(workdir, EXPERIMENT_FILE)
     if experiment_path:
         experiment = parse(experiment_path)
+        path = os.path.join(workdir, EXPERIMENT_FILE)
         try:
             stored = read_json(path)
         except ValueError as exc:
@@ -309,11 +308,7 @@ def write_report(workdir: str, out=None, experiment_path: str | None = None) -> 
                 f"--experiment={experiment_path}: experiment {experiment.name!r}, but {path} is experiment "
                 f"{name!r}: give the file of the same experiment"
             )
-        claims = [c.to_dict() for c in experiment.claims]
-        if stored is None and os.path.isdir(workdir):
+        if os.path.isdir(workdir):
             _write_experiment(workdir, experiment)
-    summary = report.write_report(workdir, claims=claims)
-    if isinstance(stored, dict) and stored.get("claims", []) != claims:
-        stored = {k: v for k, v in stored.items() if k != "claims"}
-        write_json_atomic(path, {**({"claims": claims} if claims else {}), **stored})
+    summary = report.write_report(workdir)
     return summary.get("report") if isinstance(summary, dict) else None
