@@ -215,6 +215,12 @@ def test_bad_models_and_arguments_get_one_line_errors():
         (lambda: frep_tf.callbacks(structured=True), "must be given with structured=True"),
         (lambda: frep_tf.callbacks(sparsity=0.9, schedule="cubic"), "`schedule` must be one of oneshot, gradual"),
         (lambda: frep_tf.callbacks(ensemble_interval=0), "`ensemble_interval` must be a positive integer"),
+        (lambda: frep_tf.callbacks(validation_data=np.zeros((4, 3))), "`validation_data` must be None or a pair"),
+        (
+            lambda: frep_tf.callbacks(validation_data=(np.zeros((4, 3)), np.zeros(5))),
+            "y integer labels of the same length",
+        ),
+        (lambda: frep_tf.callbacks(val_pgd_steps=0), "`val_pgd_steps` must be a positive integer"),
         (lambda: frep_tf.export(np.zeros(3), "/nonexistent"), "expected a keras.Model"),
     ]
     for make, expected in cases:

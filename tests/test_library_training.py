@@ -174,3 +174,26 @@ def test_callbacks_say_what_is_wrong_with_the_model_they_run_on():
     unknown_length = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).filter(lambda a, b: True)
     with pytest.raises(ValueError, match="pass steps_per_epoch= to frep_tf.callbacks"):
         no_ensemble.fit(unknown_length, epochs=1, verbose=0, callbacks=frep_tf.callbacks(sparsity=0.5, ensemble=False))
+
+
+def test_validation_data_measures_robustness_each_epoch_and_warns_of_a_collapse(capsys):
+    x, y = _digits(128)
+    robust = _robust("fgsm")
+    cbs = frep_tf.callbacks(ensemble_interval=3, validation_data=(x[:32], y[:32]), val_pgd_steps=2)
+    monitor = cbs[-2]  # ensemble, monitor, sparsity log
+    history = robust.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=cbs)
+    # Attacked at the RobustModel's own epsilon, the network and its ensemble, every epoch.
+    assert monitor.epsilon == robust.epsilon == pytest.approx(0.1) and monitor.step_size == pytest.approx(0.125)
+    for key in ("val_clean_acc", "val_pgd_acc", "val_ensemble_pgd_acc"):
+        assert len(history.history[key]) == 2 and all(0 <= v <= 1 for v in history.history[key])
+    assert all(p <= c for p, c in zip(history.history["val_pgd_acc"], history.history["val_clean_acc"], strict=True))
+    assert capsys.readouterr().err.count("catastrophic overfitting?") == 0
+    # The same monitor on a collapse (its measurement scripted: robustness 40 % -> 5 % while the training
+    # adversarial accuracy rises): one warning line.
+    script = iter([0.40, 0.42, 0.05])
+    monitor._measure = lambda net: (0.9, next(script) if net is robust.network else 0.5, np.full((32, 10), 0.1))
+    monitor.guard = type(monitor.guard)()
+    for epoch, adv in enumerate([0.40, 0.45, 0.70]):
+        monitor.on_epoch_end(epoch, {"adv_acc": adv})
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "catastrophic overfitting?" in line]
+    assert len(warnings) == 1 and "after epoch 3" in warnings[0]

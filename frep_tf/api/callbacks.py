@@ -5,7 +5,9 @@ main.py builds its ensemble and pruning callbacks through the same function (fre
 Everything these callbacks act on is a variable of the model or a function of `optimizer.iterations`
 (masks, the ensemble's weights, `ensemble_updates`, `pruned`; the prune step, the ensemble interval), so
 `keras.callbacks.BackupAndRestore` resumes them. Epoch logs get `sparsity` (and `ensemble_updates`), so
-History and a TensorBoard callback listed after these record them.
+History and a TensorBoard callback listed after these record them. With `validation_data`, each epoch
+also measures clean and PGD accuracy on it (the network's and the ensemble's) and runs the
+catastrophic-overfitting guard (frep_tf.training.overfitting): a collapse prints one warning line.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import keras
 import numpy as np
 
 from frep_tf.training.ensemble import TemporalEnsemble
+from frep_tf.training.monitor import EpochMonitor
 from frep_tf.training.pruning import GlobalPruning, make_schedule
 
 SCHEDULES = ("oneshot", "gradual")
@@ -39,6 +42,8 @@ def callbacks(
     ensemble_restart: bool = False,
     log_dir: str | None = None,
     log_sparsity: bool = True,
+    validation_data=None,
+    val_pgd_steps: int = 10,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks for `RobustModel.fit`, in the order they must run: ensemble, pruning, logging.
 
@@ -50,6 +55,11 @@ def callbacks(
     `ensemble_interval` optimizer steps, an interval that grows x10 at each learning-rate decay:
     `lr_decay_steps` "auto" reads them from a PiecewiseConstantDecay learning rate (none otherwise).
     `log_dir` receives each layer's kept fraction when pruning happens (TensorBoard).
+    `validation_data` (x, y), arrays of held-out images and integer labels: after every epoch the
+    network and its ensemble are attacked with PGD (`val_pgd_steps` steps of 2.5 eps / steps, at the
+    RobustModel's epsilon) and the accuracies go into the epoch logs (`val_pgd_acc`,
+    `val_ensemble_pgd_acc`, ...); an epoch whose `val_pgd_acc` collapsed while the training adversarial
+    accuracy rose prints a catastrophic-overfitting warning (and, with `log_dir`, is recorded there).
     """
     _check_arguments(locals())
     found: list[keras.callbacks.Callback] = []
@@ -79,6 +89,10 @@ def callbacks(
                 log_dir=log_dir,
             )
         )
+    if validation_data is not None:
+        x_val, y_val = validation_data
+        ensemble_cb = next((c for c in found if isinstance(c, Ensemble)), None)
+        found.append(Monitor(x_val, y_val, pgd_steps=val_pgd_steps, log_dir=log_dir, ensemble_callback=ensemble_cb))
     if log_sparsity:
         found.append(SparsityLog())
     return found
@@ -132,6 +146,19 @@ def _check_arguments(a: dict) -> None:
         raise _bad("lr_decay_steps", decays, "must be 'auto' or a sequence of positive optimizer steps")
     if a["ensemble_interval_from"] not in INTERVAL_FROM:
         raise _bad("ensemble_interval_from", a["ensemble_interval_from"], f"must be one of {', '.join(INTERVAL_FROM)}")
+    data = a["validation_data"]
+    if data is not None:
+        pair = isinstance(data, (list, tuple)) and len(data) == 2
+        shapes = [np.shape(v) for v in data] if pair else []
+        if not pair or len(shapes[1]) != 1 or not shapes[0] or shapes[0][0] != shapes[1][0] or not shapes[1][0]:
+            raise _bad(
+                "validation_data",
+                type(data).__name__,
+                "must be None or a pair (x, y) of arrays: x images with a leading batch axis, y integer labels "
+                "of the same length (at least one)",
+            )
+    if not (_is_int(a["val_pgd_steps"]) and a["val_pgd_steps"] > 0):
+        raise _bad("val_pgd_steps", a["val_pgd_steps"], "must be a positive integer")
 
 
 def require_robust_model(model) -> None:
@@ -155,6 +182,20 @@ def lr_decay_steps_of(optimizer) -> tuple[int, ...]:
     if isinstance(rate, dict) and rate.get("class_name") == "PiecewiseConstantDecay":
         return tuple(int(b) + 1 for b in rate["config"]["boundaries"])
     return ()
+
+
+class Monitor(EpochMonitor):
+    """EpochMonitor that attacks at the RobustModel's own epsilon (read when `fit` starts)."""
+
+    def __init__(self, x_val, y_val, *, pgd_steps: int, **kwargs):
+        super().__init__(x_val, y_val, epsilon=0.0, pgd_steps=pgd_steps, **kwargs)
+
+    def on_train_begin(self, logs=None):
+        require_robust_model(self.model)
+        self.epsilon = float(self.model.epsilon)
+        self.step_size = 2.5 * self.epsilon / self.pgd_steps
+        self._fns = {}
+        super().on_train_begin(logs)
 
 
 class Ensemble(TemporalEnsemble):
