@@ -1,4 +1,5 @@
-"""The report names which sanity check each failed cell failed, and what that check means."""
+"""The report names which sanity check each failed cell failed, and what that check means; and the
+settings cells differ in outside the axes."""
 
 from types import SimpleNamespace
 
@@ -38,3 +39,14 @@ def test_a_failed_verdict_without_a_named_check_is_still_listed():
 
 def test_nothing_is_written_when_every_cell_passed():
     assert sanity_lines([cell("a", True, {"order": {"passed": True}})]) == []
+
+
+def test_settings_that_differ_outside_the_axes_are_named_with_their_values():
+    from frep_tf.experiments.report.cells import Cell, _differing_note
+
+    old = Cell("old", "", {}, config={"epochs": 30, "epoch_scale": 1.0, "seed": 0})
+    new = Cell("new", "", {}, config={"epochs": 100, "epoch_scale": 0.3, "seed": 0, "harp_gamma": 0.5})
+    note = _differing_note([old, new], ["epoch_scale", "epochs", "harp_gamma"])
+    assert "epoch_scale (0.3 / 1.0), epochs (30 / 100): cells made with different base flags" in note
+    assert "harp_gamma: recorded by some cells' config.json only" in note
+    assert "seed" not in note
