@@ -303,3 +303,55 @@ def test_the_ensemble_keeps_its_update_function_across_fits_of_one_model():
     other = robust()
     other.fit(x, y, epochs=1, batch_size=4, callbacks=[ensemble], verbose=0)
     assert ensemble._update is not first
+
+
+class _FakeTiming:
+    """Stands in for cost.Timing: logs what the rounds ask of it (its warm-up returns another number than
+    its measurements, so a warm-up counted as a round would show)."""
+
+    def __init__(self, row, part, log):
+        self.row, self.part, self.log = row, part, log
+
+    def build(self):
+        self.log.append(("build", self.part.name))
+
+    def warm_up(self, steps):
+        self.log.append(("warm_up", self.part.name))
+        return 99.0
+
+    def measure(self, steps):
+        self.log.append(("measure", self.part.name))
+        return 0.5
+
+    def release(self):
+        self.log.append(("release", self.part.name))
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_rounds_time_every_part_after_its_warm_up_and_record_only_the_rounds(keep_alive, monkeypatch):
+    from frep_tf.config import Config
+    from frep_tf.experiments import cost
+    from frep_tf.experiments.spec import Cell
+    from frep_tf.methods.base import Stage
+
+    monkeypatch.setattr(cost, "_clear", lambda: None)
+    plan = [Stage("pretrain", 0, 2), Stage("finetune", 2, 3)]
+    row = cost.RowPlan(Cell("c", {}, {}), ["c"], Config(), plan=plan, steps_per_epoch=10, label="row")
+    row.parts = [cost.Part(0, "pretrain", 2, 20), cost.Part(1, "finetune", 3, 30)]
+    log = []
+    timings = [_FakeTiming(row, part, log) for part in row.parts]
+    cost._warm_up(timings, 4, keep_alive, sys.stdout)
+    for number in range(3):
+        cost._round(timings, 4, number, 3, keep_alive, [row], sys.stdout)
+    for part in row.parts:
+        assert part.seconds == [0.5, 0.5, 0.5]  # one value per round, none from a warm-up
+    for name in ("pretrain", "finetune"):
+        events = [event for event, part in log if part == name]
+        assert events.index("warm_up") < events.index("measure")  # warmed up before its first timing
+        if keep_alive:
+            assert events == ["build", "warm_up", "measure", "measure", "measure"]
+        else:
+            assert events == ["build", "warm_up", "measure", "release"] * 3
+    # Every other round in reverse, so no part always runs first.
+    measured = [part for event, part in log if event == "measure"]
+    assert measured == ["pretrain", "finetune", "finetune", "pretrain", "pretrain", "finetune"]
