@@ -352,6 +352,8 @@ def test_rounds_time_every_part_after_its_warm_up_and_record_only_the_rounds(kee
             assert events == ["build", "warm_up", "measure", "measure", "measure"]
         else:
             assert events == ["build", "warm_up", "measure", "release"] * 3
+    if keep_alive:  # every build (it sets the random seeds, so TensorFlow traces anew) before any warm-up
+        assert [event for event, _ in log][:4] == ["build", "build", "warm_up", "warm_up"]
     # Every other round in reverse, so no part always runs first.
     measured = [part for event, part in log if event == "measure"]
     assert measured == ["pretrain", "finetune", "finetune", "pretrain", "pretrain", "finetune"]

@@ -18,7 +18,9 @@ interleaved and repeated; this module measures them so:
    before the part's replayed (configured, begun - a prune, score initialisation, a rewind -, their
    epoch hooks run, a pass over one batch) so that its stage begins on the state it needs; then its stage
    configured, compiled and begun (stages.configure, compile_stage, begin) and, after a prune, pruned.
-   Then one untimed warm-up round (tracing, compilation, the data pipeline) and one ensemble update.
+   Once every model is built (a build sets the random seeds, which makes TensorFlow trace the steps of
+   every model anew), one untimed warm-up round each (tracing, compilation, the data pipeline) and one
+   ensemble update.
 4. Rounds. In each of R rounds every part of every row in turn (the order reversed every other round)
    times K optimizer steps inside `fit`, from the end of one step to the end of the K-th after it: the
    method's train step with its step hook, the stage's training callbacks (stages.training_callbacks: the
@@ -322,8 +324,8 @@ class Timing:
             self.batches = self.splits.train_from(0)
 
     def warm_up(self, steps: int) -> None:
-        """One untimed round (tracing, compilation, the data pipeline), then one temporal ensemble update:
-        its first run traces it, which would otherwise land in whichever timed step updates first."""
+        """One untimed round (tracing, compilation, the data pipeline), then one temporal ensemble update: its
+        first run traces it, which would otherwise land in whichever timed step updates first."""
         from frep_tf.training.ensemble import TemporalEnsemble
 
         self.measure(steps)
@@ -502,21 +504,21 @@ def _available_bytes() -> int | None:
 
 
 def _warm_up(timings: list[Timing], steps: int, keep_alive: bool, out) -> None:
-    """Build every part's model and time one untimed round (tracing, compilation, the data pipeline); in
-    rebuild mode the rounds do this themselves."""
+    """Build every part's model, then warm each up (Timing.warm_up); in this order because a build sets the
+    random seeds, after which TensorFlow traces every function again at its next call. In rebuild mode the
+    rounds do this themselves."""
     if not keep_alive:
         return
     for row in dict.fromkeys(t.row for t in timings):
         start = time.perf_counter()
         for timing in (t for t in timings if t.row is row):
             timing.build()
-            timing.warm_up(steps)
         parts = " + ".join(f"{p.name} {p.epochs}" for p in row.parts)
-        print(
-            f"[cost] set up and warmed up: {row.label} ({parts}) in {time.perf_counter() - start:.0f} s",
-            file=out,
-            flush=True,
-        )
+        print(f"[cost] set up: {row.label} ({parts}) in {time.perf_counter() - start:.0f} s", file=out, flush=True)
+    start = time.perf_counter()
+    for timing in timings:
+        timing.warm_up(steps)
+    print(f"[cost] warm-up in {time.perf_counter() - start:.0f} s", file=out, flush=True)
 
 
 def _round(timings: list[Timing], steps: int, number: int, rounds: int, keep_alive: bool, rows, out) -> None:
