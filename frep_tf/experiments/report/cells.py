@@ -24,7 +24,19 @@ from frep_tf.workdir import (
 
 # Settings that never make two cells different experiments (where data lives, how chatty a run is).
 NOT_SETTINGS = frozenset(
-    {"workdir", "data_dir", "download", "verbose", "overwrite", "mode", "cost_steps", "cost_rounds"}
+    {
+        "workdir",
+        "data_dir",
+        "download",
+        "verbose",
+        "overwrite",
+        "mode",
+        "experiment",
+        "experiment_shard",
+        "experiment_results",
+        "cost_steps",
+        "cost_rounds",
+    }
 )
 
 
@@ -179,12 +191,30 @@ def _axes(experiment: dict, cells: list[Cell], path: str, problems: list[str]) -
                 axes.append((str(axis["flag"]), [parse_value(v) for v in values]))
         extra = [f for f in differing if f not in {a for a, _ in axes}]
         if extra:
-            problems.append(
-                f"cells differ in settings that are not axes of {EXPERIMENT_FILE}: {', '.join(extra)} "
-                "(cells made with different base flags are averaged together)"
-            )
+            problems.append(_differing_note(known, extra))
         return axes
     return [(flag, sorted({c.config.get(flag) for c in known}, key=sort_key)) for flag in differing]
+
+
+def _differing_note(known: list[Cell], flags: list[str]) -> str:
+    """The settings that differ between cells without being axes: those whose values differ (each value
+    named, so e.g. --epochs=30 next to --epochs=100 with --epoch_scale=0.3 reads as the same schedule),
+    and those only some cells' config.json record (flags added after the older cells ran)."""
+    missing = [f for f in flags if any(f not in c.config for c in known)]
+    valued = []
+    for flag in flags:
+        if flag in missing:
+            continue
+        values = sorted(
+            {json.dumps(c.config[flag], sort_keys=True) for c in known}, key=lambda v: sort_key(json.loads(v))
+        )
+        valued.append(f"{flag} ({' / '.join(values)})")
+    parts = []
+    if valued:
+        parts.append(f"{', '.join(valued)}: cells made with different base flags are averaged together")
+    if missing:
+        parts.append(f"{', '.join(missing)}: recorded by some cells' config.json only (added after the others ran)")
+    return f"cells differ in settings that are not axes of {EXPERIMENT_FILE}: " + "; ".join(parts)
 
 
 def sort_key(value):

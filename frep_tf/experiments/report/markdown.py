@@ -135,10 +135,50 @@ def _robust_section(
             + ".",
             "",
         ]
-    bad = [c.name for c in finished if ((c.results.get("evaluation") or {}).get("sanity") or {}).get("passed") is False]
-    if bad:
-        out += [f"Sanity checks failed (see each cell's results.json): {', '.join(bad)}.", ""]
-    return out
+    return out + sanity_lines(finished)
+
+
+# What a failed check means, for the checks a finished proving-ground cell has failed.
+SANITY_MEANING = {
+    "square_in_autoattack": "Square, run after the white-box attacks, still broke points: gradients are partly "
+    "masked, and the white-box columns overstate robustness (AA includes Square)",
+    "zero_gradients": "the input gradient is exactly zero at some test points: gradient attacks cannot move them",
+    "black_box": "a black-box attack beat every white-box one",
+    "order": "a stronger attack left more points robust than a weaker one",
+    "eps_sweep": "accuracy does not fall to zero as epsilon grows",
+}
+
+
+def failed_checks(cell) -> list[tuple[str, str]]:
+    """(check, where) for each sanity check a cell failed: where is "" for its main evaluation and
+    " (AutoAttack subset)" for the evaluation on the AutoAttack subset, which the run's verdict covers."""
+    evaluation = cell.results.get("evaluation") or {}
+    failed = []
+    for where, ev in (("", evaluation), (" (AutoAttack subset)", evaluation.get("autoattack_subset") or {})):
+        checks = (ev.get("sanity") or {}).get("checks") or {}
+        failed += [(k, where) for k, v in checks.items() if k != "autoattack_subset" and v.get("passed") is False]
+    return failed
+
+
+def sanity_lines(finished) -> list[str]:
+    """The finished cells whose sanity checks failed, grouped by the check that failed and what it means
+    (a failed verdict without a failed check is listed as such)."""
+    by_check: dict[tuple[str, str], list[str]] = {}
+    for cell in finished:
+        if ((cell.results.get("evaluation") or {}).get("sanity") or {}).get("passed") is not False:
+            continue
+        for key in failed_checks(cell) or [("", "")]:
+            by_check.setdefault(key, []).append(cell.name)
+    if not by_check:
+        return []
+    out = ["Sanity checks failed (each cell's results.json, `evaluation.sanity`):", ""]
+    for (check, where), cells in by_check.items():
+        what = f"`{check}`{where}" if check else "failed, no check named"
+        if check in SANITY_MEANING:
+            what += f": {SANITY_MEANING[check]}"
+        plural = "s" if len(cells) > 1 else ""
+        out.append(f"- {what}; {len(cells)} cell{plural}: {', '.join(f'`{c}`' for c in cells)}.")
+    return out + [""]
 
 
 def _figures_section(workdir: str, figures: dict[str, str], rows: list[Row]) -> list[str]:
