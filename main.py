@@ -6,6 +6,7 @@
     python main.py --mode=experiment --experiment=configs/experiments/fashion_frep_vs_ori.cfg --workdir=runs/fo
     python main.py --mode=report --workdir=runs/fo
     python main.py --mode=report --workdir=runs/fo --experiment=configs/experiments/fashion_frep_vs_ori.cfg
+    python main.py --mode=cost --experiment=configs/experiments/fashion_frep_vs_ori.cfg --workdir=runs/fo
 
 Parses flags, validates them into a frozen Config, then runs it (frep_tf.run). The same command
 again resumes an interrupted run, or prints the results of a finished one.
@@ -15,7 +16,8 @@ workdir or checkpoint that cannot be used, reported as one line starting with "e
 anything is written to the workdir; 3 the run failed: training diverged (NaN/Inf loss), pruning would
 cut the network, an export did not reproduce the model, or anything unanticipated (disk full, out of
 memory, a TensorFlow error: one `error:` line naming the stage, the traceback in <workdir>/error.log);
-in --mode=experiment, a cell failed (the other cells still ran; report.md lists the failure).
+in --mode=experiment, a cell failed (the other cells still ran; report.md lists the failure). --mode=cost
+writes <workdir>/cost.json only once every measurement is done.
 The last good checkpoint is always kept.
 """
 
@@ -72,6 +74,9 @@ def main(argv) -> None:
         _fail(str(exc))
     if cfg.run.mode in ("experiment", "report"):
         _experiment(cfg)
+        return
+    if cfg.run.mode == "cost":
+        _cost(cfg)
         return
     from frep_tf.data import DatasetError
     from frep_tf.model_io import ModelFileError
@@ -139,24 +144,18 @@ def _experiment(cfg) -> None:
     """--mode=experiment runs a grid of cells (each an ordinary run of this file); --mode=report writes its report."""
     from frep_tf.experiments import runner
     from frep_tf.experiments.report import ReportError
-    from frep_tf.experiments.spec import RESERVED, ExperimentError
+    from frep_tf.experiments.spec import ExperimentError
 
     try:
         if cfg.run.mode == "report":
             path = runner.write_report(cfg.run.workdir, experiment_path=cfg.run.experiment or None)
             print(f"[experiment] report: {path}", flush=True)
             return
-        # Flags given on this command line (e.g. --data_dir) go to every cell, after the file's base flags.
-        forwarded = [
-            absl_flags.FLAGS[name].serialize()
-            for name in _CONFIG_FLAGS
-            if absl_flags.FLAGS[name].present and name not in RESERVED
-        ]
         status = runner.run(
             cfg.run.experiment,
             cfg.run.workdir,
             shard=cfg.run.experiment_shard,
-            extra_args=forwarded,
+            extra_args=_forwarded(),
             results_dir=cfg.run.experiment_results or None,
             parse_args=flags.parse_args,
         )
@@ -166,6 +165,39 @@ def _experiment(cfg) -> None:
         _fail_unexpected(exc, cfg.run.workdir, cfg.run.mode)
     if status:
         sys.exit(status)
+
+
+def _forwarded() -> list[str]:
+    """Flags given on this command line (e.g. --data_dir) that go to every cell, after the file's base flags."""
+    from frep_tf.experiments.spec import RESERVED
+
+    return [
+        absl_flags.FLAGS[name].serialize()
+        for name in _CONFIG_FLAGS
+        if absl_flags.FLAGS[name].present and name not in RESERVED
+    ]
+
+
+def _cost(cfg) -> None:
+    """--mode=cost: every row of the experiment timed side by side in this process; <workdir>/cost.json."""
+    from frep_tf.config import ConfigError
+    from frep_tf.data import DatasetError
+    from frep_tf.experiments import cost
+    from frep_tf.experiments.spec import ExperimentError
+
+    try:
+        cost.run(
+            cfg.run.experiment,
+            cfg.run.workdir,
+            parse_args=flags.parse_args,
+            steps=cfg.run.cost_steps,
+            rounds=cfg.run.cost_rounds,
+            extra_args=_forwarded(),
+        )
+    except (ExperimentError, ConfigError, DatasetError) as exc:
+        _fail(str(exc))
+    except Exception as exc:  # the traceback goes to the temporary directory: the workdir gets cost.json only
+        _fail_unexpected(exc, "", "cost")
 
 
 if __name__ == "__main__":

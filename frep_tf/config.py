@@ -35,7 +35,7 @@ TABLE_I_COLUMNS = (
 )
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 ENSEMBLE_INTERVAL_FROM = ("global", "decay")
-MODES = ("train", "evaluate", "predict", "experiment", "report")
+MODES = ("train", "evaluate", "predict", "experiment", "report", "cost")
 # frep: the paper's method (and Ori with --parameterization=plain); the baselines of Tables I/II/V;
 # posthoc: the Fig. 8 ablation (train to the end, prune once, no fine-tuning).
 METHODS = ("frep", "lwm", "admm", "hydra", "mad", "posthoc", "lottery", "iwi", "harp")
@@ -276,7 +276,8 @@ class RunConfig:
         "train",
         "train: one run; evaluate: attack a saved model; predict: classify images with an exported model; "
         "experiment: a grid of runs (--experiment) and its report; report: report.md + figures of an experiment "
-        "--workdir",
+        "--workdir; cost: each row of an experiment's training cost, measured side by side in one process "
+        "(<workdir>/cost.json)",
         choices=MODES,
     )
     workdir: str = _f(
@@ -286,8 +287,9 @@ class RunConfig:
     )
     experiment: str = _f(
         "",
-        "--mode=experiment: the experiment file (base flags + axes + claims; see configs/experiments/); "
-        "--mode=report: first replace the workdir's experiment.json by this file's (its cells and claims)",
+        "--mode=experiment and --mode=cost: the experiment file (base flags + axes + claims; see "
+        "configs/experiments/); --mode=report: first replace the workdir's experiment.json by this file's (its "
+        "cells and claims)",
     )
     experiment_shard: str = _f("", "--mode=experiment: i/n runs every n-th cell starting at cell i (0-based)")
     experiment_results: str = _f(
@@ -295,6 +297,10 @@ class RunConfig:
         "--mode=experiment: where each finished cell's evidence (config, results, per-epoch scalars, commit) is "
         "kept, and cells with evidence there count as done; empty = benchmarks/results/<experiment name>",
     )
+    cost_steps: int = _f(
+        20, "--mode=cost: optimizer steps timed per stage and round (a stage that is a pass over the data: batches)"
+    )
+    cost_rounds: int = _f(5, "--mode=cost: measurement rounds; each times every row's every stage once, in turn")
     seed: int = _f(0, "random seed (weights, data order, perturbations)")
     export: str = _f("keras,saved_model,tflite,tflite_sparse", "comma-separated export formats")
     deterministic: bool = _f(False, "TF op determinism: identical results on the same machine, slower")

@@ -37,6 +37,8 @@ IGNORED = (
     "experiment",
     "experiment_shard",
     "experiment_results",
+    "cost_steps",
+    "cost_rounds",
 )
 
 

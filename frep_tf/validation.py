@@ -205,12 +205,15 @@ def _check_run(cfg: Config) -> None:
         raise _bad(
             "transfer_from", ev.transfer_from, "must be a float model (.keras or SavedModel): PGD needs gradients"
         )
-    if r.mode in ("experiment", "report") and not r.workdir.strip():
+    if r.mode in ("experiment", "report", "cost") and not r.workdir.strip():
         raise _bad("workdir", "''", f"--mode={r.mode} needs the experiment's --workdir")
-    if r.mode == "experiment" and not r.experiment:
-        raise _bad("experiment", "''", "--mode=experiment needs --experiment=FILE (see configs/experiments/)")
-    if r.mode not in ("experiment", "report") and r.experiment:
-        raise _bad("experiment", r.experiment, "only with --mode=experiment or --mode=report (its claims)")
+    if r.mode in ("experiment", "cost") and not r.experiment:
+        raise _bad("experiment", "''", f"--mode={r.mode} needs --experiment=FILE (see configs/experiments/)")
+    if r.mode not in ("experiment", "report", "cost") and r.experiment:
+        raise _bad("experiment", r.experiment, "only with --mode=experiment, --mode=cost or --mode=report (its claims)")
+    for flag, what in (("cost_steps", "optimizer steps timed per stage and round"), ("cost_rounds", "rounds")):
+        if getattr(r, flag) < 1:
+            raise _bad(flag, getattr(r, flag), f"must be an integer >= 1 ({what} of --mode=cost)")
     if r.mode != "experiment" and (r.experiment_shard or r.experiment_results):
         flag = next(f for f in ("experiment_shard", "experiment_results") if getattr(r, f))
         raise _bad(flag, getattr(r, flag), "only with --mode=experiment")

@@ -18,6 +18,7 @@ An experiment's workdir (frep_tf.experiments):
     cells/<name>/           a cell: a run's workdir, plus failed.json when its last attempt failed
     logs/<name>.log         the cell's output; logs/<name>.lock while it runs
     report.md, figures/     the report
+    cost.json               each row's training cost measured side by side (--mode=cost)
 
 A cell's evidence (frep_tf.experiments.evidence) adds scalars.json and provenance.json.
 """
@@ -47,6 +48,7 @@ CELLS_DIR = "cells"
 FAILED_FILE = "failed.json"
 LOGS_DIR = "logs"
 REPORT_FILE = "report.md"
+COST_FILE = "cost.json"
 FIGURES_DIR = "figures"
 # -- a cell's evidence ---------------------------------------------------------------------------------
 SCALARS_FILE = "scalars.json"

@@ -424,11 +424,13 @@ def test_main_reads_claims_from_the_experiment_file_and_keeps_them(tmp_path):
     assert open(os.path.join(workdir, "experiment.json")).read() == before
 
 
-def test_experiment_is_refused_outside_experiment_and_report_modes(tmp_path):
+def test_experiment_is_refused_outside_experiment_cost_and_report_modes(tmp_path):
     from frep_tf.validation import validate
 
     cfg = Config.from_flat({"mode": "train", "experiment": "x.cfg", "workdir": str(tmp_path / "w")})
-    with pytest.raises(ConfigError, match=r"--experiment=x.cfg: only with --mode=experiment or --mode=report"):
+    with pytest.raises(
+        ConfigError, match=r"--experiment=x.cfg: only with --mode=experiment, --mode=cost or --mode=report"
+    ):
         validate(cfg)
 
 

@@ -174,20 +174,24 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+def cell_args(experiment: Experiment, cell: Cell, workdir: str) -> list[str]:
+    """main.py's arguments for a cell: the file's base flags, the runner's command-line flags, the cell's
+    axis values (last, so they win), its workdir and --verbose=2 (--mode=cost resolves a cell with these)."""
+    return [
+        *experiment.base_args,
+        *experiment.extra_args,
+        *cell.args(),
+        f"--workdir={os.path.join(workdir, cell.dir)}",
+        "--verbose=2",
+    ]
+
+
 def run_cell(experiment: Experiment, cell: Cell, workdir: str, *, python: str = sys.executable) -> tuple[int, str]:
     """Runs one cell to the end (or resumes it); returns (exit status, one-line reason or '')."""
     cell_dir = os.path.join(workdir, cell.dir)
     log_path = cell_log(workdir, cell.name)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    command = [
-        python,
-        MAIN,
-        *experiment.base_args,
-        *experiment.extra_args,
-        *cell.args(),
-        f"--workdir={cell_dir}",
-        "--verbose=2",
-    ]
+    command = [python, MAIN, *cell_args(experiment, cell, workdir)]
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()

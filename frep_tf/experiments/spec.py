@@ -21,7 +21,8 @@ An experiment file is a text file a person reads and edits:
       claim FReP beats Ori at 99 % = autoattack: parameterization=hadamard sparsity=0.99 > parameterization=plain sparsity=0.99
   LABEL is free text without `=` or `#`. METRIC is a test attack as results.json's `evaluation` names it
   (clean, fgsm, pgd, mim, square, autoattack, ...), `val_pgd` (the validation PGD accuracy of the exported
-  model at the last epoch) or `train_seconds` (the training wall time). A SELECTOR is whitespace-separated
+  model at the last epoch), `train_seconds` (the training wall time) or `train_cost` (the training cost
+  measured side by side by `--mode=cost`, cost.json). A SELECTOR is whitespace-separated
   `flag=value` pairs over the axes of this file (not `seed`: a selector picks one report row, whose seeds
   are its replicates); each value must be one of its axis's values.
 - `#` starts a comment; blank lines are ignored.
@@ -42,14 +43,25 @@ import re
 from frep_tf.config import EVAL_ATTACKS
 from frep_tf.workdir import cell_dir
 
-RESERVED = ("workdir", "mode", "experiment", "experiment_shard", "experiment_results", "overwrite", "flagfile")
+RESERVED = (
+    "workdir",
+    "mode",
+    "experiment",
+    "experiment_shard",
+    "experiment_results",
+    "overwrite",
+    "flagfile",
+    "cost_steps",
+    "cost_rounds",
+)
 _AXIS = re.compile(r"^axis\s+(?P<flags>[A-Za-z_][\w ]*?)\s*=\s*(?P<values>.*)$")
 _FLAG = re.compile(r"^--[A-Za-z_]\w*(?:=.*)?$")
 _CLAIM = re.compile(r"^claim(?:\s+(?P<label>[^=]*?))?\s*=\s*(?P<rest>.*)$")
 _PAIR = re.compile(r"^(?P<flag>[A-Za-z_]\w*)=(?P<value>\S+)$")
 # What a claim may compare: a test attack (results.json `evaluation`), the last epoch's validation PGD
-# accuracy of the exported model, or the training wall time.
-CLAIM_METRICS = (*EVAL_ATTACKS, "val_pgd", "train_seconds")
+# accuracy of the exported model, the training wall time, or the training cost measured side by side
+# (--mode=cost, cost.json).
+CLAIM_METRICS = (*EVAL_ATTACKS, "val_pgd", "train_seconds", "train_cost")
 CLAIM_USAGE = "expected `claim LABEL = METRIC: FLAG=VALUE ... > FLAG=VALUE ...` (or `<`)"
 
 
@@ -227,7 +239,8 @@ def _parse_claim(text: str, number: int, where: str) -> Claim:
     if metric not in CLAIM_METRICS:
         raise ExperimentError(
             f"{where}: claim {label!r}: unknown metric {metric!r}; allowed: a test attack "
-            f"({', '.join(EVAL_ATTACKS)}), val_pgd (validation PGD accuracy, last epoch) or train_seconds"
+            f"({', '.join(EVAL_ATTACKS)}), val_pgd (validation PGD accuracy, last epoch), train_seconds (training "
+            "wall time) or train_cost (training cost measured side by side, --mode=cost)"
         )
     operators = [c for c in sides if c in "<>"]
     if len(operators) != 1:

@@ -127,6 +127,15 @@ class Method:
         """A stage that is not a `fit` (kind != "fit")."""
         raise NotImplementedError(f"--method={self.name} has no {stage.kind} stage")
 
+    def pass_batches(self, stage: Stage, cfg: Config, steps_per_epoch: int) -> int:
+        """Training batches a pass stage goes over (one epoch of them by default)."""
+        return steps_per_epoch
+
+    def pass_step(self, stage: Stage, model, cfg: Config):
+        """A pass stage's work on one batch, set up once: a function (batch index, x, y) -> None that
+        `run_pass` calls on every batch of the pass (and --mode=cost times)."""
+        raise NotImplementedError(f"--method={self.name} has no {stage.kind} stage")
+
     def before_training(self, cfg: Config, run) -> dict | None:
         """Work before this run trains (IWI trains its source with `run(cfg)`); its results, or None."""
         return None

@@ -320,23 +320,22 @@ class MAD(Method):
         masks_lib.apply_masks(model.reparam, masks)
         return model.reparam
 
-    def run_pass(self, stage: Stage, model, splits, steps_per_epoch: int, cfg: Config, verbose: int) -> None:
-        """Per training batch: PGD examples (BatchNorm in inference mode), the soft mask optimised on
-        them, then the second-order saliency, averaged over the batches."""
+    def pass_batches(self, stage: Stage, cfg: Config, steps_per_epoch: int) -> int:
+        return cfg.method.mad_batches or steps_per_epoch
+
+    def pass_step(self, stage: Stage, model, cfg: Config):
+        """One batch of the saliency pass: PGD examples (BatchNorm in inference mode), the soft mask
+        optimised on them, then the second-order saliency, added to the running mean."""
         from frep_tf.attacks.pgd import pgd
 
         avg = model.method_state["saliency"]
-        for total in avg.sums:
-            total.assign(tf.zeros_like(total))
-        avg.batches.assign(0)
-        batches = cfg.method.mad_batches or steps_per_epoch
         pass_ = SaliencyPass(
             model.network, model.reparam, steps=cfg.method.mad_mask_steps, learning_rate=cfg.method.mad_mask_lr
         )
         t = cfg.train
-        bar = keras.utils.Progbar(batches, verbose=1 if verbose == 1 else 0, unit_name="batch")
         network_fn = lambda x: model.network(x, training=False)  # noqa: E731
-        for i, (x, y) in enumerate(splits.train_from(stage.start).take(batches)):
+
+        def step(i, x, y):
             x_adv = pgd(
                 network_fn,
                 x,
@@ -347,6 +346,20 @@ class MAD(Method):
                 seed=cfg.run.seed * 100003 + i,
             )
             avg.add(pass_.batch(x_adv, y))
+
+        return step
+
+    def run_pass(self, stage: Stage, model, splits, steps_per_epoch: int, cfg: Config, verbose: int) -> None:
+        """`pass_step` on every batch of the pass, the saliency sums started from zero."""
+        avg = model.method_state["saliency"]
+        for total in avg.sums:
+            total.assign(tf.zeros_like(total))
+        avg.batches.assign(0)
+        batches = self.pass_batches(stage, cfg, steps_per_epoch)
+        step = self.pass_step(stage, model, cfg)
+        bar = keras.utils.Progbar(batches, verbose=1 if verbose == 1 else 0, unit_name="batch")
+        for i, (x, y) in enumerate(splits.train_from(stage.start).take(batches)):
+            step(i, x, y)
             bar.update(i + 1)
         if verbose == 2:
             print(f"saliency: {int(avg.batches.numpy())} batches", flush=True)

@@ -37,7 +37,17 @@ from frep_tf.methods import registry
 from frep_tf.methods.base import Method, Stage
 from frep_tf.workdir import CHECKPOINT_DIR, TENSORBOARD_DIR, VALIDATION_LOG_DIR
 
-__all__ = ["Stage", "plan", "method_of", "configure", "begin", "make_callbacks", "compile_stage", "describe"]
+__all__ = [
+    "Stage",
+    "plan",
+    "method_of",
+    "configure",
+    "begin",
+    "make_callbacks",
+    "training_callbacks",
+    "compile_stage",
+    "describe",
+]
 
 
 def method_of(cfg: Config) -> Method:
@@ -186,44 +196,23 @@ def tb_dir(workdir: str, stage: Stage, stages: list[Stage]) -> str:
 def make_callbacks(
     cfg: Config, model, stage: Stage, stages: list[Stage], splits, decay_steps, workdir, clock, steps_per_epoch
 ):
-    """The callbacks of one `fit` stage. The checkpoint callback is last: it stores the epoch once
+    """The callbacks of one `fit` stage: `training_callbacks`, then the monitoring and bookkeeping ones
+    (validation, TensorBoard, the stage clock). The checkpoint callback is last: it stores the epoch once
     every other callback is done with it (and the stage clock's record with it)."""
     import keras
 
     from frep_tf import kill_points
-    from frep_tf.api.callbacks import callbacks as frep_callbacks
     from frep_tf.data.splits import dataset_arrays
     from frep_tf.training.checkpoint import EpochCheckpoint
     from frep_tf.training.ensemble import TemporalEnsemble
-    from frep_tf.training.guards import StopOnNonFiniteLoss
     from frep_tf.training.monitor import EpochMonitor
 
-    e, p = cfg.ensemble, cfg.prune
-    # The ensemble and pruning callbacks come from the library's public function, as a user's `fit` gets them.
-    shared = frep_callbacks(
-        ensemble=bool(stage.ensemble and model.ensemble is not None),
-        ensemble_decay=e.ensemble_decay,
-        ensemble_warmup=e.ensemble_warmup,
-        ensemble_interval=e.ensemble_interval,
-        lr_decay_steps=tuple(decay_steps),
-        ensemble_interval_from=e.ensemble_interval_from,
-        ensemble_final_update=e.ensemble_final_update,
-        ensemble_restart=e.ensemble_restart,
-        sparsity=p.sparsity if stage.prune else None,
-        prune_epoch=cfg.prune_epoch,
-        schedule=p.prune_schedule,
-        prune_end_epoch=cfg.prune_end_epoch if p.prune_schedule == "gradual" else None,
-        steps_per_epoch=steps_per_epoch,
-        structured=p.structured,
-        min_layer_density=p.min_layer_density,
-        log_dir=os.path.join(workdir, VALIDATION_LOG_DIR),
-        log_sparsity=False,  # EpochMonitor logs it, with the rest
+    callbacks = training_callbacks(
+        cfg, model, stage, decay_steps, steps_per_epoch, log_dir=os.path.join(workdir, VALIDATION_LOG_DIR)
     )
-    callbacks = [StopOnNonFiniteLoss(), *shared]
-    ensemble_cb = next((c for c in shared if isinstance(c, TemporalEnsemble)), None)
+    ensemble_cb = next((c for c in callbacks if isinstance(c, TemporalEnsemble)), None)
     if stage.prune and kill_points.enabled():
         callbacks.append(_after_prune_kill_point())
-    callbacks.extend(method_of(cfg).callbacks(stage, model, cfg))
     x_val, y_val = dataset_arrays(splits.val, cfg.eval.val_samples)
     callbacks.append(
         EpochMonitor(
@@ -243,6 +232,39 @@ def make_callbacks(
     callbacks.append(clock_callback(clock))
     callbacks.append(EpochCheckpoint(os.path.join(workdir, CHECKPOINT_DIR), extra=lambda: {"stages": clock.snapshot()}))
     return callbacks
+
+
+def training_callbacks(
+    cfg: Config, model, stage: Stage, decay_steps, steps_per_epoch: int, log_dir: str | None = None
+) -> list:
+    """The callbacks of a `fit` stage that act on the training itself, in the order they run: the
+    non-finite loss guard, the temporal ensemble and pruning (from the library's public function, as a
+    user's `fit` gets them), then the method's own. `log_dir` receives pruning's per-layer kept fractions.
+    --mode=cost times the steps of a stage with these (frep_tf.experiments.cost)."""
+    from frep_tf.api.callbacks import callbacks as frep_callbacks
+    from frep_tf.training.guards import StopOnNonFiniteLoss
+
+    e, p = cfg.ensemble, cfg.prune
+    shared = frep_callbacks(
+        ensemble=bool(stage.ensemble and model.ensemble is not None),
+        ensemble_decay=e.ensemble_decay,
+        ensemble_warmup=e.ensemble_warmup,
+        ensemble_interval=e.ensemble_interval,
+        lr_decay_steps=tuple(decay_steps),
+        ensemble_interval_from=e.ensemble_interval_from,
+        ensemble_final_update=e.ensemble_final_update,
+        ensemble_restart=e.ensemble_restart,
+        sparsity=p.sparsity if stage.prune else None,
+        prune_epoch=cfg.prune_epoch,
+        schedule=p.prune_schedule,
+        prune_end_epoch=cfg.prune_end_epoch if p.prune_schedule == "gradual" else None,
+        steps_per_epoch=steps_per_epoch,
+        structured=p.structured,
+        min_layer_density=p.min_layer_density,
+        log_dir=log_dir,
+        log_sparsity=False,  # EpochMonitor logs it, with the rest
+    )
+    return [StopOnNonFiniteLoss(), *shared, *method_of(cfg).callbacks(stage, model, cfg)]
 
 
 def _after_prune_kill_point():

@@ -60,8 +60,11 @@ class TemporalEnsemble(keras.callbacks.Callback):
         self.decay_steps = tuple(decay_steps)
         self.growth = growth
         self._update = None
+        self._updated_model = None
 
     def on_train_begin(self, logs=None):
+        if self._update is not None and self._updated_model is self.model:
+            return  # another `fit` of the same model: its update function is built (and traced) already
         pairs = self.model.ensemble_pairs()
 
         @tf.function
@@ -69,7 +72,7 @@ class TemporalEnsemble(keras.callbacks.Callback):
             for var, source in pairs:
                 var.assign(tau * var + (1.0 - tau) * tf.cast(source(), var.dtype))
 
-        self._update = update
+        self._update, self._updated_model = update, self.model
 
     def current_interval(self) -> int:
         return interval_at(int(self.model.optimizer.iterations.numpy()), self.interval, self.decay_steps, self.growth)
@@ -80,7 +83,7 @@ class TemporalEnsemble(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations.numpy())
         if not is_update_step(step, self.interval, self.decay_steps, self.growth, self.count_from):
             return
-        self._apply_update()
+        self.apply_update()
 
     def on_epoch_end(self, epoch, logs=None):
         # The last epoch ends with an update (unless its last step was one): before the checkpoint, so a
@@ -89,9 +92,12 @@ class TemporalEnsemble(keras.callbacks.Callback):
             return
         step = int(self.model.optimizer.iterations.numpy())
         if not is_update_step(step, self.interval, self.decay_steps, self.growth, self.count_from):
-            self._apply_update()
+            self.apply_update()
 
-    def _apply_update(self):
+    def apply_update(self) -> None:
+        """One update of the ensemble, with tau from the updates so far (`fit` calls it at the update steps;
+        --mode=cost once before it times steps, so that the update's first run, which traces it, is not
+        timed)."""
         updates = int(self.model.ensemble_updates.numpy())
         self._update(tf.constant(tau_at(updates, self.decay, self.warmup), tf.float32))
         self.model.ensemble_updates.assign_add(1)

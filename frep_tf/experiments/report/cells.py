@@ -1,5 +1,6 @@
 """Reading an experiment workdir: experiment.json, every cell's config.json, results.json or failed.json,
-and its per-epoch validation scalars (tb/frep/, or a committed cell's scalars.json). No TensorFlow."""
+its per-epoch validation scalars (tb/frep/, or a committed cell's scalars.json), and cost.json (the
+training cost measured side by side, --mode=cost). No TensorFlow."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from frep_tf.experiments.tb_events import read_scalars, writer_processes
 from frep_tf.workdir import (
     CELLS_DIR,
     CONFIG_FILE,
+    COST_FILE,
     EXPERIMENT_FILE,
     FAILED_FILE,
     RESULTS_FILE,
@@ -32,6 +34,8 @@ NOT_SETTINGS = frozenset(
         "experiment",
         "experiment_shard",
         "experiment_results",
+        "cost_steps",
+        "cost_rounds",
     }
 )
 
@@ -235,3 +239,45 @@ def load_scalars(finished: list[Cell], problems: list[str]) -> dict[str, dict]:
         except (ReportError, ValueError) as exc:
             problems.append(str(exc))
     return scalars
+
+
+def load_cost(workdir: str, experiment_name: str | None, problems: list[str]) -> dict | None:
+    """<workdir>/cost.json (frep_tf.experiments.cost), checked; None when there is none, or (with a note)
+    when it measured another experiment. ReportError (one line) when it is damaged."""
+    path = os.path.join(workdir, COST_FILE)
+    if not os.path.exists(path):
+        return None
+    cost = _read_object(path)
+    _check_cost(cost, path)
+    measured = (cost.get("experiment") or {}).get("name")
+    if experiment_name and measured != experiment_name:
+        problems.append(f"{COST_FILE} measured experiment {measured!r}, not {experiment_name!r}: left out")
+        return None
+    return cost
+
+
+def _check_cost(cost: dict, path: str) -> None:
+    """The fields the report reads: rounds and steps >= 1; per row its cell, cells, flags, settings, stages and
+    one total per round; per stage its name, epochs, steps and one seconds-per-step value per round."""
+    rounds = cost.get("rounds")
+    if not isinstance(rounds, int) or rounds < 1 or not isinstance(cost.get("steps"), int):
+        raise ReportError(f"{path}: 'rounds' and 'steps' must be integers >= 1")
+    if not isinstance(cost.get("rows"), list):
+        raise ReportError(f"{path}: 'rows' is not a list")
+    row_keys = {"cell": str, "cells": list, "flags": dict, "settings": dict, "stages": list, "totals": list}
+    for i, row in enumerate(cost["rows"]):
+        if not isinstance(row, dict) or any(not isinstance(row.get(k), t) for k, t in row_keys.items()):
+            raise ReportError(f"{path}: rows[{i}] is not {{{', '.join(row_keys)}}}")
+        if len(row["totals"]) != rounds or not row["stages"]:
+            raise ReportError(f"{path}: rows[{i}] has {len(row['totals'])} totals for {rounds} rounds, or no stage")
+        for j, stage in enumerate(row["stages"]):
+            seconds = stage.get("seconds_per_step") if isinstance(stage, dict) else None
+            if (
+                not isinstance(stage, dict)
+                or not all(isinstance(stage.get(k), int) for k in ("epochs", "steps"))
+                or not isinstance(seconds, list)
+                or len(seconds) != rounds
+            ):
+                raise ReportError(
+                    f"{path}: rows[{i}].stages[{j}] is not {{name, epochs, steps, seconds_per_step (one per round)}}"
+                )

@@ -10,15 +10,21 @@ Verdict of a claim, from the values a_i of the cells side A selects and b_i of s
     otherwise                      holds when mean_A - mean_B has the operator's sign, else does not hold
 A side whose cells fall in more than one report row is not judged (the line names the rows); a claim on
 a test metric in a validation-only experiment is not evaluated (its test numbers are never shown).
+
+`train_cost` is judged on cost.json's rows (--mode=cost), not on the finished cells: a row's values are its
+estimated training seconds in each measurement round, so n counts rounds, the spread is over rounds, and
+without cost.json (or without the row in it) the claim is not measured yet.
 """
 
 from __future__ import annotations
 
 from frep_tf.experiments.report.cells import Cell, ReportError, parse_value, same_value
-from frep_tf.experiments.report.stats import Row, accuracy, mean_std, train_seconds, validation_curves
-from frep_tf.experiments.report.tables import pm, row_label
+from frep_tf.experiments.report.stats import CostRow, Row, accuracy, mean_std, train_seconds, validation_curves
+from frep_tf.experiments.report.tables import pm, row_label, seconds_text
 
-NOT_TEST = ("val_pgd", "train_seconds")  # the claim metrics not measured on test images
+COST = "train_cost"  # judged on cost.json's measurement rounds, not on the cells' seeds
+SECONDS = ("train_seconds", COST)  # the claim metrics in seconds
+NOT_TEST = ("val_pgd", *SECONDS)  # the claim metrics not measured on test images
 ATTACK_TITLES = {
     "clean": "Clean",
     "fgsm": "FGSM",
@@ -34,6 +40,8 @@ HOLDS = "holds"
 DOES_NOT_HOLD = "does not hold"
 INSIDE = "inside the seed spread"
 ONE_SEED = "one seed: not judged"
+INSIDE_ROUNDS = "inside the spread over rounds"
+ONE_ROUND = "one round: not judged"
 NOT_MEASURED = "not measured yet"
 SEVERAL_ROWS = "several rows: not judged"
 VALIDATION_ONLY = "not evaluated: test metric in a validation-only experiment"
@@ -43,6 +51,11 @@ RULE = (
     "the claimed sign and is larger than the two standard deviations added (the mean ± std intervals do not "
     "overlap), does not hold when it is that large with the other sign, and is inside the seed spread otherwise; "
     "with one seed on either side it is not judged."
+)
+COST_RULE = (
+    "A train_cost claim compares the training cost measured side by side in one process (`--mode=cost`, "
+    "cost.json, see Cost): each row's estimated training seconds in every measurement round, so there n counts "
+    "rounds, not seeds, and the spread is over rounds."
 )
 
 
@@ -55,6 +68,8 @@ def metric_title(metric: str) -> str:
         return "PGD, validation, last epoch, %"
     if metric == "train_seconds":
         return "train time, s"
+    if metric == COST:
+        return "train cost measured side by side, s"
     return f"{ATTACK_TITLES.get(metric, metric)}, test, %"
 
 
@@ -115,7 +130,24 @@ def _side(selector: dict, rows: list[Row], metric: str, scalars: dict) -> dict:
     }
 
 
-def judge(claim: dict, rows: list[Row], scalars: dict, validation_only: bool) -> dict:
+def _cost_side(selector: dict, cost: list[CostRow] | None) -> dict:
+    """A train_cost side: the cost.json rows the selector picks, the values their per-round totals."""
+    chosen = [c for c in cost or [] if any(matches(cell, selector) for cell in c.row.cells)]
+    mean, std, n = mean_std(t for c in chosen for t in c.totals)
+    return {
+        "selector": selector_text(selector),
+        "rows": [row_label(c.row) for c in chosen],
+        "cells": [name for c in chosen for name in c.entry["cells"]],
+        "mean": mean if n else None,
+        "std": std,
+        "n": n,
+        "measured": cost is not None,
+    }
+
+
+def judge(
+    claim: dict, rows: list[Row], scalars: dict, validation_only: bool, cost: list[CostRow] | None = None
+) -> dict:
     """{label, metric, op, line, a, b (each {selector, rows, cells, mean, std, n}), difference, verdict, text}."""
     metric, op = claim["metric"], claim["op"]
     out = {k: claim.get(k) for k in ("label", "metric", "op", "line")}
@@ -124,7 +156,10 @@ def judge(claim: dict, rows: list[Row], scalars: dict, validation_only: bool) ->
         out.update(a=None, b=None, difference=None, verdict=VALIDATION_ONLY)
         out["text"] = _line(claim, VALIDATION_ONLY + " (its settings are chosen on the validation split)")
         return out
-    a, b = (_side(claim[k], rows, metric, scalars) for k in ("a", "b"))
+    if metric == COST:  # `cost`: cost.json's rows (None: no cost.json)
+        a, b = (_cost_side(claim[k], cost) for k in ("a", "b"))
+    else:
+        a, b = (_side(claim[k], rows, metric, scalars) for k in ("a", "b"))
     out.update(a=a, b=b, difference=None)
     several = [(name, s) for name, s in (("first", a), ("second", b)) if len(s["rows"]) > 1]
     if several:
@@ -146,11 +181,16 @@ def judge(claim: dict, rows: list[Row], scalars: dict, validation_only: bool) ->
         return out
     d = a["mean"] - b["mean"]
     out["difference"] = d
-    diff = f"difference {d:+.1f} s" if metric == "train_seconds" else f"difference {100 * d:+.1f} points"
+    if metric == COST:
+        diff = f"difference {'+' if d >= 0 else '-'}{seconds_text(abs(d))} s"
+    elif metric in SECONDS:
+        diff = f"difference {d:+.1f} s"
+    else:
+        diff = f"difference {100 * d:+.1f} points"
     if a["n"] < 2 or b["n"] < 2:
-        verdict = ONE_SEED
+        verdict = ONE_ROUND if metric == COST else ONE_SEED
     elif abs(d) <= a["std"] + b["std"]:
-        verdict = INSIDE
+        verdict = INSIDE_ROUNDS if metric == COST else INSIDE
     else:
         verdict = HOLDS if (d > 0) == (op == ">") else DOES_NOT_HOLD
     out["verdict"] = verdict
@@ -163,11 +203,15 @@ def _side_text(side: dict, metric: str) -> str:
         name = f"*{side['rows'][0]}*"
     else:
         name = f"`{side['selector']}`"
+    if metric == COST and not side["n"]:
+        return f"{name} (" + ("no row of cost.json" if side["measured"] else "no cost.json: see --mode=cost") + ")"
     if not side["cells"]:
         return f"{name} (no finished cell)"
     if not side["n"]:
         return f"{name} (no {metric} value in its {len(side['cells'])} finished cell(s))"
-    scale = 1.0 if metric == "train_seconds" else 100.0
+    if metric == COST:
+        return f"{name} {seconds_text(side['mean'], side['std'])} (n = {side['n']} rounds)"
+    scale = 1.0 if metric in SECONDS else 100.0
     return f"{name} {pm(side['mean'], side['std'], scale)} (n = {side['n']})"
 
 
@@ -176,9 +220,17 @@ def _line(claim: dict, body: str) -> str:
     return f"- **{claim['label']}** ({metric_title(claim['metric'])}; claimed {higher}): {body}."
 
 
-def judge_all(claims: list[dict], rows: list[Row], scalars: dict, validation_only: bool, problems: list[str]):
-    """Every claim judged; a side matching several rows is also a note of the report."""
-    judged = [judge(c, rows, scalars, validation_only) for c in claims]
+def judge_all(
+    claims: list[dict],
+    rows: list[Row],
+    scalars: dict,
+    validation_only: bool,
+    problems: list[str],
+    cost: list[CostRow] | None = None,
+):
+    """Every claim judged (train_cost on `cost`, cost.json's rows; None: no cost.json); a side matching
+    several rows is also a note of the report."""
+    judged = [judge(c, rows, scalars, validation_only, cost) for c in claims]
     for j in judged:
         if j["verdict"] == SEVERAL_ROWS:
             line = f" (experiment file line {j['line']})" if j.get("line") else ""
@@ -190,4 +242,5 @@ def claims_section(judged: list[dict]) -> list[str]:
     """report.md's Claims section ([] when the experiment states no claim)."""
     if not judged:
         return []
-    return ["## Claims", "", RULE, "", *[j["text"] for j in judged], ""]
+    rule = f"{RULE} {COST_RULE}" if any(j["metric"] == COST for j in judged) else RULE
+    return ["## Claims", "", rule, "", *[j["text"] for j in judged], ""]

@@ -10,11 +10,12 @@ import os
 from frep_tf.experiments.report.cells import Cell
 from frep_tf.experiments.report.claims import claims_section
 from frep_tf.experiments.report.figures import FIGURES
-from frep_tf.experiments.report.stats import Row, common_settings, kept_per_layer, validation_only
+from frep_tf.experiments.report.stats import CostRow, Row, common_settings, kept_per_layer, validation_only
 from frep_tf.experiments.report.tables import (
     cost_table,
     has_settings_column,
     layer_table,
+    measured_cost_table,
     measures_table,
     per_cell_table,
     robust_table,
@@ -47,10 +48,11 @@ VALIDATION_ONLY_NOTE = (
 
 
 def markdown(
-    workdir, experiment, cells, axes, rows, summaries, columns, figures, problems, scalars=None, claims=None
+    workdir, experiment, cells, axes, rows, summaries, columns, figures, problems, scalars=None, claims=None, cost=None
 ) -> str:
     """The whole of report.md; `scalars` {cell name: {tag: {epoch: value}}} feed the validation section,
-    `claims` (judged, frep_tf.experiments.report.claims) the Claims section after the first table."""
+    `claims` (judged, frep_tf.experiments.report.claims) the Claims section after the first table, `cost`
+    (cost.json and its rows, stats.cost_rows) the Cost section's side-by-side table."""
     finished = [c for c in cells if c.status == "finished"]
     out = _header(workdir, experiment, cells, axes)
     validation = validation_table(rows, scalars or {})
@@ -72,8 +74,8 @@ def markdown(
         out += measures_table(rows)
         out += validation
     out += _figures_section(workdir, figures, rows)
-    if rows:
-        out += _cost_section(rows, summaries, finished)
+    if rows or cost:
+        out += _cost_section(rows, summaries, finished, cost)
     out += _status_sections(cells, problems)
     return "\n".join(out)
 
@@ -207,8 +209,16 @@ def _kept_per_layer(rows: list[Row]) -> list[str]:
     return out
 
 
-def _cost_section(rows: list[Row], summaries: list[dict], finished: list[Cell]) -> list[str]:
+def _cost_section(
+    rows: list[Row], summaries: list[dict], finished: list[Cell], cost: tuple[dict, list[CostRow]] | None
+) -> list[str]:
     out = ["## Cost (paper Table V)", ""]
+    if cost:
+        out += _measured_cost(*cost)
+    if not rows:
+        return out
+    if cost:
+        out += ["### Wall time of the cells", ""]
     out += cost_table(rows, summaries)
     total = sum((c.results.get("timings") or {}).get("total", 0) for c in finished)
     out += [
@@ -223,6 +233,33 @@ def _cost_section(rows: list[Row], summaries: list[dict], finished: list[Cell]) 
     out += ["Per cell:", ""]
     out += per_cell_table(rows)
     out.append("")
+    return out
+
+
+def _measured_cost(cost: dict, cost_rows: list[CostRow]) -> list[str]:
+    """The table of cost.json (--mode=cost) and what it measured, where and how."""
+    machine = cost.get("machine") or {}
+    load = machine.get("load_average") or {}
+    if load.get("start") and load.get("end"):
+        load_text = f"; load average {load['start'][0]:g} at the start, {load['end'][0]:g} at the end"
+    else:
+        load_text = ""
+    out = ["### Training cost measured side by side", ""]
+    out += measured_cost_table(cost_rows)
+    out += [
+        "",
+        f"Measured by `python main.py --mode=cost` on {cost.get('date', '?')} (commit {cost.get('commit', '?')}; "
+        f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} CPU cores{load_text}; TensorFlow "
+        f"{cost.get('tensorflow', '?')}): "
+        f"{cost['rounds']} rounds; in each, every row's every stage in turn ran {cost['steps']} optimizer steps "
+        f"(a pass over the data: {cost['steps']} batches), after an untimed warm-up. "
+        + " ".join(str(cost[k]) for k in ("measured", "left_out") if cost.get(k))
+        + " Est. train: the sum over a row's stages of epochs × steps per epoch × seconds per step, in each round. "
+        "ms per step, Est. train and Train / FReP are mean ± sample std over the rounds; Train / FReP is taken "
+        "round by round against the FReP row at the same sparsity (within a round the rows run back to back, under "
+        "the same load), then averaged. Unlike the cells' wall times, these compare from row to row.",
+        "",
+    ]
     return out
 
 

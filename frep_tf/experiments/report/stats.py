@@ -1,7 +1,8 @@
 """Table rows and their statistics: finished cells grouped by every axis but the seed, each row's
 mean +- std over seeds, the methods' names and order, the sparsity measures of a cell, what each row's
-pruning kept of every layer, what a cell's validation scalars say of its exported model, and whether an
-experiment is validation-only (evaluated on clean test images only)."""
+pruning kept of every layer, what a cell's validation scalars say of its exported model, whether an
+experiment is validation-only (evaluated on clean test images only), and the rows of cost.json (the
+training cost measured side by side, --mode=cost) with their per-round totals and ratios to FReP."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from frep_tf.config import TABLE_I_COLUMNS
-from frep_tf.experiments.report.cells import Cell, sort_key
+from frep_tf.experiments.report.cells import Cell, parse_value, sort_key
 
 # parameterization -> the paper's name of the method (Table IV).
 METHOD_NAMES = {"hadamard": "FReP", "channel": "FReP-CH", "plain": "Ori"}
@@ -373,3 +374,51 @@ def validation_only(cells: list[Cell]) -> bool:
     whose settings are chosen on the validation split, whose report shows no test accuracy."""
     finished = [c for c in cells if c.status == "finished"]
     return bool(finished) and all(evaluated_attacks(c) == ["clean"] for c in finished)
+
+
+# -- the training cost measured side by side (--mode=cost, cost.json) -------------------------------------
+@dataclasses.dataclass
+class CostRow:
+    """One row of cost.json as a report row: the per-round estimated training seconds and, per round, the
+    ratio to the FReP row at the same sparsity (`reference`; None when there is none)."""
+
+    row: Row
+    entry: dict
+    totals: list[float]
+    reference: CostRow | None = None
+    ratios: list[float] | None = None
+
+
+def round_totals(stages: list[dict]) -> list[float]:
+    """A row's estimated training seconds in each measurement round: the sum over its stages of the stage's
+    optimizer steps (epochs x steps per epoch; a pass over the data: its batches) x that round's seconds
+    per step."""
+    rounds = len(stages[0]["seconds_per_step"]) if stages else 0
+    return [float(sum(s["steps"] * s["seconds_per_step"][r] for s in stages)) for r in range(rounds)]
+
+
+def cost_rows(cost: dict) -> list[CostRow]:
+    """cost.json's rows, grouped and labelled as the report groups and labels finished cells (each row's
+    measured cell with its resolved settings, over cost.json's axes), in the report's order; each with
+    its per-round totals as cost.json holds them and its per-round ratio to the FReP row (unstructured)
+    at the same sparsity."""
+    axes = [(a["flag"], [parse_value(v) for v in a["values"]]) for a in cost.get("axes") or []]
+    entries = {e["cell"]: e for e in cost["rows"]}
+    cells = [
+        Cell(e["cell"], "", {k: str(v) for k, v in e["flags"].items()}, config=dict(e["settings"]), status="finished")
+        for e in cost["rows"]
+    ]
+    out = [
+        CostRow(row, entries[c.name], [float(t) for t in entries[c.name].get("totals", [])])
+        for row in build_rows(cells, axes)
+        for c in row.cells
+    ]
+    frep: dict = {}
+    for c in out:
+        if c.row.method == METHOD_NAMES["hadamard"] and not c.row.structured:
+            frep.setdefault(sort_key(c.row.sparsity), c)
+    for c in out:
+        c.reference = frep.get(sort_key(c.row.sparsity))
+        if c.reference is not None and c.totals and len(c.totals) == len(c.reference.totals):
+            c.ratios = [a / b if b else float("nan") for a, b in zip(c.totals, c.reference.totals, strict=True)]
+    return out

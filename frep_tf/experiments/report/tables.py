@@ -1,6 +1,6 @@
 """The report's Markdown tables: robust accuracy (paper Tables I / IV), sparsity measures, validation
-accuracy per epoch, what each row kept per layer, cost (paper Table V) and per-cell timings, with the
-number formatting they share."""
+accuracy per epoch, what each row kept per layer, cost (paper Table V), the training cost measured side by
+side (cost.json) and per-cell timings, with the number formatting they share."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from frep_tf.experiments.report.cells import Cell, sort_key
 from frep_tf.experiments.report.stats import (
     REPLICATE_AXIS,
     VALIDATION_EPOCHS,
+    CostRow,
     LayerPanel,
     Row,
     mean_std,
@@ -24,6 +25,14 @@ def pm(mean: float, std: float | None, scale: float = 1.0, digits: int = 1) -> s
         return "-"
     text = f"{scale * mean:.{digits}f}"
     return text if std is None else f"{text} ± {scale * std:.{digits}f}"
+
+
+def seconds_text(mean: float, std: float | None = None) -> str:
+    """Seconds with the digits their size needs: 12,345 / 12.3 / 0.123 (± the std alike)."""
+    size = abs(mean)
+    digits = 0 if size >= 100 else 1 if size >= 1 else 3
+    text = f"{mean:,.{digits}f}"
+    return text if std is None else f"{text} ± {std:,.{digits}f}"
 
 
 def sparsity_label(sparsity, structured: bool) -> str:
@@ -263,6 +272,36 @@ def cost_table(rows: list[Row], summaries: list[dict]) -> list[str]:
         ],
         body,
         ["l", "r", "l", "r", "r", "r", "r", "r", "r"],
+    )
+
+
+def measured_cost_table(cost: list[CostRow]) -> list[str]:
+    """Markdown lines: per cost.json row, its stages and epochs, milliseconds per step of each stage, the
+    estimated training seconds and the ratio to the FReP row at the same sparsity (taken per round), each
+    mean ± sample std over the measurement rounds."""
+    body = []
+    for c in cost:
+        stages = c.entry["stages"]
+        per_step = [mean_std(s["seconds_per_step"]) for s in stages]
+        ms = "; ".join(f"{s['name']} {pm(m, sd, 1000.0)}" for s, (m, sd, _) in zip(stages, per_step, strict=True))
+        total = mean_std(c.totals)
+        if c.reference is c:
+            ratio = "1 (reference)"
+        elif c.ratios:
+            ratio = pm(*mean_std(c.ratios)[:2], 1.0, 2)
+        else:
+            ratio = "-"
+        body.append(
+            [
+                row_label(c.row),
+                " + ".join(f"{s['name']} {s['epochs']}" for s in stages),
+                ms,
+                seconds_text(total[0], total[1]),
+                ratio,
+            ]
+        )
+    return md_table(
+        ["Row", "Stages (epochs)", "ms per step", "Est. train (s)", "Train / FReP"], body, ["l", "l", "l", "r", "r"]
     )
 
 

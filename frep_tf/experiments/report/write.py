@@ -6,16 +6,17 @@ from __future__ import annotations
 import os
 import sys
 
-from frep_tf.experiments.report.cells import ReportError, load_experiment, load_scalars
+from frep_tf.experiments.report.cells import ReportError, load_cost, load_experiment, load_scalars
 from frep_tf.experiments.report.claims import checked_claims, judge_all
 from frep_tf.experiments.report.figures import draw_figures
 from frep_tf.experiments.report.markdown import markdown
-from frep_tf.experiments.report.stats import attack_columns, build_rows, row_summary, validation_only
+from frep_tf.experiments.report.stats import attack_columns, build_rows, cost_rows, row_summary, validation_only
 from frep_tf.workdir import EXPERIMENT_FILE, REPORT_FILE
 
 
 def write_report(workdir: str, claims: list[dict] | None = None) -> dict:
-    """Write <workdir>/report.md and <workdir>/figures/*.png from the finished cells; returns a summary:
+    """Write <workdir>/report.md and <workdir>/figures/*.png from the finished cells (and cost.json, the
+    training cost measured side by side, when --mode=cost wrote one); returns a summary:
     {"report", "figures": {fig8|fig7|fig5: path}, "cells": {total, finished, failed, pending}, "rows",
     "claims": [{label, metric, op, line, a, b, difference, verdict, text}] (frep_tf.experiments.report.claims),
     "failed": [{name, reason, exit_status}], "pending": [names], "problems": [one-line notes]}.
@@ -38,8 +39,23 @@ def write_report(workdir: str, claims: list[dict] | None = None) -> dict:
     if rows and no_curves:
         problems.append(f"no per-epoch validation curves (tb/frep) for: {', '.join(no_curves)}")
 
-    judged = judge_all(claims, rows, scalars, validation_only(cells), problems)
-    text = markdown(workdir, experiment, cells, axes, rows, summaries, columns, figures, problems, scalars, judged)
+    cost = load_cost(workdir, experiment.get("name"), problems)
+    measured = cost_rows(cost) if cost else None
+    judged = judge_all(claims, rows, scalars, validation_only(cells), problems, measured)
+    text = markdown(
+        workdir,
+        experiment,
+        cells,
+        axes,
+        rows,
+        summaries,
+        columns,
+        figures,
+        problems,
+        scalars,
+        judged,
+        (cost, measured) if cost else None,
+    )
     tmp = os.path.join(workdir, "." + REPORT_FILE + ".tmp")
     with open(tmp, "w") as fh:
         fh.write(text)
