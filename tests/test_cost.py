@@ -357,3 +357,40 @@ def test_rounds_time_every_part_after_its_warm_up_and_record_only_the_rounds(kee
     # Every other round in reverse, so no part always runs first.
     measured = [part for event, part in log if event == "measure"]
     assert measured == ["pretrain", "finetune", "finetune", "pretrain", "pretrain", "finetune"]
+
+
+def test_untrained_weights_are_pruned_with_a_per_layer_floor_that_keeps_the_global_budget():
+    """--mode=cost prunes untrained weights: He-normal, the first layer's weights (fan-in 784) are all
+    smaller than the largest of the second's, and a 99 % global budget takes every one of them (training's
+    check refuses that)."""
+    import dataclasses
+
+    import numpy as np
+
+    from frep_tf.config import Config, PruneConfig
+    from frep_tf.experiments.cost import untrained_prune_floor
+    from frep_tf.training.pruning import PruningError, check_layer_densities, global_unstructured_masks, layer_densities
+
+    rng = np.random.default_rng(0)
+    shapes = ((784, 512), (512, 512), (512, 10))  # the proving ground's MLP
+
+    def he_normal(fan_in, fan_out):  # as Keras draws it: a normal truncated at two standard deviations
+        std = (2 / fan_in) ** 0.5 / 0.87962566
+        w = rng.normal(0, std, (fan_in, fan_out))
+        while np.any(np.abs(w) > 2 * std):
+            out = np.abs(w) > 2 * std
+            w[out] = rng.normal(0, std, out.sum())
+        return w
+
+    kernels = [he_normal(i, o) for i, o in shapes]
+    names = ["dense1", "dense2", "head"]
+    cfg = Config(prune=PruneConfig(sparsity=0.99))
+    with pytest.raises(PruningError):
+        masks = global_unstructured_masks(kernels, 0.99, cfg.prune.min_layer_density)
+        check_layer_densities(layer_densities(names, masks), 0.99, cfg.prune.min_layer_density)
+    floored = untrained_prune_floor(cfg)
+    assert floored.prune.min_layer_density == pytest.approx(0.005)
+    masks = global_unstructured_masks(kernels, 0.99, floored.prune.min_layer_density)
+    check_layer_densities(layer_densities(names, masks), 0.99, floored.prune.min_layer_density)
+    assert sum(int(m.sum()) for m in masks) == round(0.01 * sum(k.size for k in kernels))
+    assert untrained_prune_floor(dataclasses.replace(cfg, prune=PruneConfig(sparsity=0.0))).prune.min_layer_density == 0

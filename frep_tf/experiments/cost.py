@@ -183,7 +183,7 @@ def plan_rows(experiment: Experiment, workdir: str, parse_args) -> list[RowPlan]
     rows = []
     for group in row_cells(experiment):
         cell = group[0]
-        cfg = parse_args(runner.cell_args(experiment, cell, workdir))
+        cfg = untrained_prune_floor(parse_args(runner.cell_args(experiment, cell, workdir)))
         row = RowPlan(cell, [c.name for c in group], cfg, plan=stages_lib.plan(cfg))
         if cfg.method.method == "iwi":
             row.notes.append(IWI_NOTE)
@@ -194,6 +194,18 @@ def plan_rows(experiment: Experiment, workdir: str, parse_args) -> list[RowPlan]
     for c in ordered:
         by_name[c.entry["cell"]].label = row_label(c.row)
     return [by_name[c.entry["cell"]] for c in ordered]
+
+
+def untrained_prune_floor(cfg: Config) -> Config:
+    """The row's configuration with every layer keeping at least half the global density when pruned.
+    --mode=cost prunes untrained weights, whose magnitudes rank layers unlike trained ones (at 99 % a
+    global budget can take every weight of a He-initialised first layer, which pruning's check refuses);
+    which weights a step keeps changes no step's cost, and the global budget is unchanged."""
+    p = cfg.prune
+    if not p.sparsity or p.structured:
+        return cfg
+    floor = max(p.min_layer_density, (1.0 - p.sparsity) / 2)
+    return dataclasses.replace(cfg, prune=dataclasses.replace(p, min_layer_density=floor))
 
 
 def plan_parts(cfg: Config, plan: list, steps_per_epoch: int) -> list[Part]:
