@@ -227,6 +227,7 @@ def test_cost_table_per_cell(experiment):
         line = next(line for line in text.splitlines() if line.startswith(f"| `{name}`"))
         assert line.endswith(f"| {seed} | {EPOCHS} | {t['train']:.1f} | {t['total']:.1f} |")
         assert ("*resumed*" in line) == (name == RESUMED)
+    assert "compare methods by their training cost from `--mode=cost`, not by these" in text
 
 
 def test_curves_are_read_from_the_tensorboard_files(experiment):

@@ -227,7 +227,14 @@ def _cost_section(
         "Train time is the method's stages summed over every process that ran them (results.json "
         "`method.seconds`; older results: the finishing process only); Train / FReP divides by the FReP row "
         "at the same sparsity; peak RSS is the process's resident-memory high-water mark (ru_maxrss). "
-        "Total is the finishing process's wall time (a cell resumed after a kill is marked *resumed*).",
+        "Total is the finishing process's wall time (a cell resumed after a kill is marked *resumed*). "
+        + (
+            "Each cell's times are those of the load it ran under: compare methods by the side-by-side "
+            "measurement above, not by these."
+            if cost
+            else "Each cell's times are those of the load it ran under: on a shared machine, compare methods "
+            "by their training cost from `--mode=cost`, not by these."
+        ),
         "",
     ]
     out += ["Per cell:", ""]
