@@ -138,6 +138,10 @@ def test_a_channel_with_a_live_offset_is_not_removed():
 
 
 def test_compact_export_writes_every_file_and_each_matches(tmp_path):
+    # Seeded: an untrained network's two largest logits can lie within 0.1 % of the logit scale, where
+    # int8 rounding decides the top-1 class (2 of 8 unseeded draws agreed on only 14 of 16 inputs).
+    # Without a seed the weights depended on which tests ran before in the same worker.
+    keras.utils.set_random_seed(0)
     rng = np.random.default_rng(2)
     net = build_model("resnet18", input_shape=(16, 16, 3), parameterization="plain", width=1 / 8)
     graph = channel_graph(net)
