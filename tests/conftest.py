@@ -12,6 +12,14 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same Keras, NumPy and Python random state, so what it draws does not
+    depend on which tests ran before it in the same worker (pytest-xdist deals tests out differently
+    from run to run)."""
+    keras.utils.set_random_seed(0)
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's digits in [0, 1], split like frep_tf's `digits` dataset: x_train, x_test, y_train, y_test."""
