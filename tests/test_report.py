@@ -357,3 +357,17 @@ def test_every_method_has_its_papers_name_in_reports():
     # frep's rows are named by parameterization (FReP / FReP-CH / Ori); every other method by its paper.
     assert set(METHODS) - {"frep"} == set(report.BASELINE_NAMES)
     assert set(report.BASELINE_NAMES.values()) <= set(report.METHOD_ORDER)
+
+
+def test_paths_inside_a_checkout_are_shown_relative_to_it(tmp_path):
+    from frep_tf.experiments.report.markdown import checkout_relative
+
+    checkout = tmp_path / "worktree"
+    (checkout / "frep_tf").mkdir(parents=True)
+    (checkout / "main.py").write_text("")
+    (checkout / "configs" / "experiments").mkdir(parents=True)
+    inside = str(checkout / "configs" / "experiments" / "grid.cfg")
+    assert checkout_relative(inside) == os.path.join("configs", "experiments", "grid.cfg")
+    outside = str(tmp_path / "elsewhere" / "grid.cfg")
+    assert checkout_relative(outside) == outside
+    assert checkout_relative("configs/a.cfg") == "configs/a.cfg"

@@ -156,3 +156,31 @@ def test_the_input_gradient_figure_is_drawn_and_iwi_sits_at_zero(grid):
     _, cells, axes, _ = report.load_experiment(workdir)
     rows = report.build_rows(cells, axes)
     assert [report.trained_sparsity(r) for r in rows] == [0.0, 0.9, 0.9, 0.9, 0.0]
+
+
+def test_rows_group_and_label_epochs_as_trained_after_the_epoch_scale():
+    # The shared dense cell ran as --epochs=30; the lottery grid's cells as --epochs=100 at x0.3 (the same
+    # 30 epochs) and the equal-compute control as --epochs=300 at x0.3 (90).
+    written = [("frep", 30, 1.0), ("lottery", 100, 0.3), ("lottery", 100, 0.3), ("frep", 300, 0.3)]
+    cells = [
+        report.Cell(
+            name=f"c{i}",
+            dir=f"cells/c{i}",
+            flags={"seed": str(i), "method": m, "epochs": str(e)},
+            config={
+                "seed": i,
+                "method": m,
+                "epochs": e,
+                "epoch_scale": scale,
+                "sparsity": 0.9 * (m == "lottery"),
+                "parameterization": "plain",
+            },
+            results={},
+            status="finished",
+        )
+        for i, (m, e, scale) in enumerate(written)
+    ]
+    rows = report.build_rows(cells, [("seed", []), ("method", []), ("epochs", []), ("lottery_reinit", [])])
+    # lottery_reinit is the same (unset) on every row: named on none.
+    assert report.common_settings(rows) == {"epochs": 30, "lottery_reinit": None}
+    assert sorted(report.row_label(r) for r in rows) == ["Lottery, 90 %", "Ori, 0 %", "Ori, 0 %, epochs=90"]

@@ -80,6 +80,25 @@ def markdown(
     return "\n".join(out)
 
 
+def checkout_relative(path: str) -> str:
+    """An absolute path inside a frep_tf checkout (any clone or worktree: the nearest parent holding
+    main.py and frep_tf/) relative to that checkout, so a report reads the same wherever it was made;
+    other paths as they are."""
+    if not os.path.isabs(path):
+        return path
+    parent = os.path.dirname(path)
+    while parent != os.path.dirname(parent):
+        if os.path.isfile(os.path.join(parent, "main.py")) and os.path.isdir(os.path.join(parent, "frep_tf")):
+            return os.path.relpath(path, parent)
+        parent = os.path.dirname(parent)
+    return path
+
+
+def _relative_flag(flag: str) -> str:
+    name, sep, value = flag.partition("=")
+    return f"{name}={checkout_relative(value)}" if sep and name == "--flagfile" else flag
+
+
 def _header(workdir, experiment: dict, cells: list[Cell], axes) -> list[str]:
     """The title, the experiment file and its axes, the flags every cell has, and how many cells finished."""
     finished = [c for c in cells if c.status == "finished"]
@@ -87,14 +106,14 @@ def _header(workdir, experiment: dict, cells: list[Cell], axes) -> list[str]:
     pending = [c for c in cells if c.status == "pending"]
     name = experiment.get("name") or os.path.basename(os.path.abspath(workdir))
     out = [f"# Experiment report: {name}", ""]
-    source = f"`{experiment['file']}`" if experiment.get("file") else None
+    source = f"`{checkout_relative(experiment['file'])}`" if experiment.get("file") else None
     if experiment:
         out.append(f"Experiment {source or EXPERIMENT_FILE}; " + _axes_text(axes) + ".")
     else:
         out.append(f"No {EXPERIMENT_FILE}: cells found as `{CELLS_DIR}/*/config.json`; " + _axes_text(axes) + ".")
     flags = [*experiment.get("base_flags", []), *experiment.get("command_line_flags", [])]
     if flags:
-        out.append("Every cell: " + " ".join(f"`{f}`" for f in flags) + ".")
+        out.append("Every cell: " + " ".join(f"`{_relative_flag(f)}`" for f in flags) + ".")
     started = sum(1 for c in pending if c.started)
     out.append(
         f"Cells: {len(cells)} — {len(finished)} finished, {len(failed)} failed, {len(pending)} pending"
@@ -132,7 +151,8 @@ def _robust_section(
         out += [
             "Settings: what sets a row apart; a row that does not name a setting has "
             + ", ".join(f"{k}={v}" for k, v in common.items())
-            + ".",
+            + "."
+            + (" epochs: the epochs trained (after --epoch_scale)." if "epochs" in rows[0].others else ""),
             "",
         ]
     return out + sanity_lines(finished)

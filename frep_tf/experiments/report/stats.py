@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from frep_tf.config import TABLE_I_COLUMNS
+from frep_tf.config import TABLE_I_COLUMNS, scaled_epochs
 from frep_tf.experiments.report.cells import Cell, parse_value, sort_key
 
 # parameterization -> the paper's name of the method (Table IV).
@@ -106,7 +106,7 @@ def build_rows(cells: list[Cell], axes: list[tuple[str, list]]) -> list[Row]:
         method = method_name(cell)
         sparsity = cell.setting("sparsity")
         structured = bool(cell.setting("structured"))
-        other = {flag: cell.setting(flag) for flag in others}
+        other = {flag: row_setting(cell, flag) for flag in others}
         key = (
             _method_key(method),
             structured,
@@ -123,15 +123,25 @@ def build_rows(cells: list[Cell], axes: list[tuple[str, list]]) -> list[Row]:
     return ordered
 
 
+def row_setting(cell: Cell, flag: str):
+    """A setting as rows group and label it: `epochs` as the epochs trained, after --epoch_scale, so a cell
+    run as --epochs=100 --epoch_scale=0.3 and one run as --epochs=30 (the same training) read alike."""
+    value = cell.setting(flag)
+    if flag == "epochs" and value is not None:
+        return scaled_epochs(int(value), cell.setting("epoch_scale") or 1.0)
+    return value
+
+
 def common_settings(rows: list[Row]) -> dict[str, Any]:
-    """{flag: value} of the other axes where one value is shared by more rows than any other value."""
+    """{flag: value} of the other axes where one value is shared by more rows than any other value (or by
+    every row)."""
     common = {}
     for flag in rows[0].others if rows else ():
         counts: dict[str, list] = {}
         for row in rows:
             counts.setdefault(repr(row.others[flag]), []).append(row.others[flag])
         ranked = sorted(counts.values(), key=len, reverse=True)
-        if len(ranked) > 1 and len(ranked[0]) > len(ranked[1]):
+        if len(ranked) == 1 or len(ranked[0]) > len(ranked[1]):
             common[flag] = ranked[0][0]
     return common
 
