@@ -24,6 +24,7 @@ from frep_tf.workdir import (
     EXPORT_STAGING,
     OUTPUTS,
     RESULTS_FILE,
+    SHARED_FILE,
 )
 
 # Where the data is found, how much is printed, and the workdir's own spelling (a relative or
@@ -160,3 +161,13 @@ def _remove_leftovers(workdir: str) -> None:
         )
         if leftover:
             remove(os.path.join(workdir, name))
+
+
+def shared_from(workdir: str) -> str | None:
+    """The finished experiment cell a run's workdir was copied from (frep_tf.experiments.share), or None
+    if the run was trained there."""
+    try:
+        data = read_json(os.path.join(workdir, SHARED_FILE))
+    except ValueError:
+        return None
+    return data.get("cell") if isinstance(data, dict) else None

@@ -38,9 +38,10 @@ ERROR_LOG = "error.log"
 IWI_SOURCE_DIR = "source"
 EXPORT_STAGING = ".export-staging"
 EXPORT_PREVIOUS = ".export-previous"
+SHARED_FILE = "shared_from.json"  # a run the experiment runner copied from a finished cell (not trained here)
 # A run's outputs, in the order --overwrite deletes them: config.json first, so an interrupted deletion
 # leaves a workdir that is refused (outputs without config.json) instead of one that looks resumable.
-OUTPUTS = (CONFIG_FILE, RESULTS_FILE, CHECKPOINT_DIR, EXPORT_DIR, TENSORBOARD_DIR)
+OUTPUTS = (CONFIG_FILE, RESULTS_FILE, SHARED_FILE, CHECKPOINT_DIR, EXPORT_DIR, TENSORBOARD_DIR)
 
 # -- an experiment -------------------------------------------------------------------------------------
 EXPERIMENT_FILE = "experiment.json"

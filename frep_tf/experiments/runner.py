@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 
-from frep_tf.experiments import evidence
+from frep_tf.experiments import evidence, share
 from frep_tf.experiments.spec import Cell, Experiment, ExperimentError, parse
 from frep_tf.io_utils import read_json, remove, write_json_atomic
 from frep_tf.workdir import (
@@ -259,6 +259,10 @@ def run(
                 continue
             print(f"{label}: {cell_state(workdir, cell)} -> running", file=out, flush=True)
             start = time.perf_counter()
+            finished = [
+                os.path.join(workdir, c.dir) for c in cells if c is not cell and cell_state(workdir, c) == "finished"
+            ]
+            share.fill_own_runs(parse_args(cell_args(experiment, cell, workdir)), finished, out=out)
             status, reason = run_cell(experiment, cell, workdir, python=python)
             spent.append(time.perf_counter() - start)
         left = len(todo) - number

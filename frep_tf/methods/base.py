@@ -136,6 +136,11 @@ class Method:
         `run_pass` calls on every batch of the pass (and --mode=cost times)."""
         raise NotImplementedError(f"--method={self.name} has no {stage.kind} stage")
 
+    def own_runs(self, cfg: Config) -> list[Config]:
+        """The ordinary runs `before_training` makes (IWI: its source), each in its own workdir. The
+        experiment runner may fill one with a finished cell that is the same run (frep_tf.experiments.share)."""
+        return []
+
     def before_training(self, cfg: Config, run) -> dict | None:
         """Work before this run trains (IWI trains its source with `run(cfg)`); its results, or None."""
         return None

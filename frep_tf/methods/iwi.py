@@ -18,6 +18,9 @@ class IWI(Method):
     name = "iwi"
     prunes_in_training = False
 
+    def own_runs(self, cfg: Config) -> list[Config]:
+        return [] if cfg.method.iwi_from else [source_config(cfg)]
+
     def before_training(self, cfg: Config, run) -> dict | None:
         if cfg.method.iwi_from:
             return None

@@ -222,6 +222,8 @@ def _source_summary(cfg: Config, source: dict | None) -> dict:
     from frep_tf.methods import iwi
 
     out = {"path": iwi.source_path(cfg), "mapping": cfg.method.iwi_mapping, "fill": cfg.method.iwi_fill}
+    if not cfg.method.iwi_from and (cell := resume.shared_from(iwi.source_config(cfg).run.workdir)):
+        out["shared_from"] = cell  # stage 1 was a finished experiment cell, copied in by the runner
     if source:
         out |= {
             "method": cfg.method.iwi_source,
