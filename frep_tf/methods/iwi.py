@@ -22,10 +22,11 @@ class IWI(Method):
         return [] if cfg.method.iwi_from else [source_config(cfg)]
 
     def before_training(self, cfg: Config, run) -> dict | None:
-        if cfg.method.iwi_from:
-            return None
-        print(f"[frep_tf] iwi stage 1: --method={cfg.method.iwi_source} in {source_path(cfg)}", flush=True)
-        return run(source_config(cfg))
+        results = None
+        for source in self.own_runs(cfg):  # none with --iwi_from
+            print(f"[frep_tf] iwi stage 1: --method={cfg.method.iwi_source} in {source_path(cfg)}", flush=True)
+            results = run(source)
+        return results
 
     def begin(self, stage: Stage, model, cfg: Config):
         if stage.start != 0:
