@@ -106,7 +106,7 @@ def test_labels_name_only_the_settings_that_set_a_row_apart(grid):
         "Lottery, 90 %",
         "Lottery, 90 %, rewind_epoch=1, eval_attacks=clean",
         "Lottery, 90 %, lottery_reinit=True",
-        "IWI, 90 %",
+        "IWI, 0 % (from a 90 % source)",
     ]
     table = _section(text, "Robust accuracy")
     assert [line.split("|")[3].strip() for line in table] == [

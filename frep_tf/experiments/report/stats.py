@@ -224,10 +224,15 @@ def stage_text(cell) -> str:
     return " + ".join(f"{s['name']} {s['epochs']}" for s in stages)
 
 
+def is_iwi(row: Row) -> bool:
+    """An IWI row: its --sparsity is the small source network's, and the network it trains is dense."""
+    return row.method.startswith(BASELINE_NAMES["iwi"])
+
+
 def trained_sparsity(row: Row):
-    """Where a row sits on a sparsity axis: its target sparsity, except IWI, whose --sparsity is the
-    small source network's and whose trained network is dense (plotted at 0 %, next to its control)."""
-    return 0.0 if row.method.startswith(BASELINE_NAMES["iwi"]) else row.sparsity
+    """Where a row sits on a sparsity axis: its target sparsity, except IWI (plotted at 0 %, next to its
+    control)."""
+    return 0.0 if is_iwi(row) else row.sparsity
 
 
 def measures(cell: Cell) -> dict:

@@ -13,6 +13,7 @@ from frep_tf.experiments.report.stats import (
     CostRow,
     LayerPanel,
     Row,
+    is_iwi,
     mean_std,
     measures,
     train_seconds,
@@ -42,8 +43,15 @@ def sparsity_label(sparsity, structured: bool) -> str:
     return f"{text} channels" if structured else text
 
 
+def row_sparsity(row: Row) -> str:
+    """A row's sparsity as its tables name it; an IWI row trains a dense network, and its --sparsity is its
+    source's: "0 % (from a 90 % source)"."""
+    text = sparsity_label(row.sparsity, row.structured)
+    return f"0 % (from a {text} source)" if is_iwi(row) else text
+
+
 def row_label(row: Row) -> str:
-    parts = [row.method, sparsity_label(row.sparsity, row.structured)]
+    parts = [row.method, row_sparsity(row)]
     parts += [f"{k}={v}" for k, v in row.shown.items()]
     return ", ".join(parts)
 
@@ -76,7 +84,7 @@ def robust_table(rows: list[Row], summaries: list[dict], columns) -> list[str]:
     ]
     body = []
     for row, s in zip(rows, summaries, strict=True):
-        line = [row.method, sparsity_label(row.sparsity, row.structured)]
+        line = [row.method, row_sparsity(row)]
         if settings_column:
             line.append(", ".join(f"{k}={v}" for k, v in row.shown.items()) or "-")
         else:
